@@ -1,0 +1,58 @@
+"""driftlab: discretisation drift of optimisers and the modified flows that follow them.
+
+Importing driftlab enables float64 in JAX (`jax_enable_x64`): order-of-accuracy
+work is meaningless in float32.
+"""
+
+import jax
+
+
+jax.config.update("jax_enable_x64", True)
+
+from . import (
+    analysis as analysis,
+    flows as flows,
+    integrators as integrators,
+    problems as problems,
+)
+from ._errors import (
+    DriftlabError as DriftlabError,
+    InputError as InputError,
+    MeasurementError as MeasurementError,
+    RoundoffWarning as RoundoffWarning,
+    StabilityWarning as StabilityWarning,
+)
+from .analysis import (
+    drift as drift,
+    global_error as global_error,
+    hessian_eigenpairs as hessian_eigenpairs,
+    lambda_max as lambda_max,
+    local_error as local_error,
+    order_of_accuracy as order_of_accuracy,
+    OrderEstimate as OrderEstimate,
+    stability_index as stability_index,
+)
+from .flows import (
+    AbstractFlow as AbstractFlow,
+    GradientFlow as GradientFlow,
+    IGRFlow as IGRFlow,
+)
+from .integrators import (
+    AbstractStepMap as AbstractStepMap,
+    Adam as Adam,
+    AlternatingGD as AlternatingGD,
+    ExplicitEuler as ExplicitEuler,
+    GradientDescent as GradientDescent,
+    HeavyBall as HeavyBall,
+    iterate as iterate,
+    Nesterov as Nesterov,
+    OptaxStepMap as OptaxStepMap,
+    RMSProp as RMSProp,
+    SGD as SGD,
+    SGDEpoch as SGDEpoch,
+    SimultaneousGD as SimultaneousGD,
+    solve as solve,
+)
+
+
+__version__ = "0.1.0"

@@ -1,0 +1,98 @@
+"""driftlab's exceptions and warnings, and the input checks that raise them."""
+
+import difflib
+import math
+from collections.abc import Iterable
+
+import jax
+import jax.numpy as jnp
+import jax.tree_util as jtu
+import numpy as np
+
+
+class DriftlabError(Exception):
+    """Base class of every exception driftlab raises on purpose."""
+
+
+class InputError(DriftlabError, ValueError):
+    """A public function was given an argument it cannot use.
+
+    The message names the argument and says how to fix it.
+    """
+
+
+class MeasurementError(DriftlabError, RuntimeError):
+    """A measurement could not be made to the stated accuracy.
+
+    Raised when a solve fails (too many steps, non-finite state), when a flow
+    blows up, or when too few usable points remain to fit an order.
+    """
+
+
+class StabilityWarning(UserWarning):
+    """A measurement runs where its premises fail, e.g. `h * lambda_max >= 2`."""
+
+
+class RoundoffWarning(UserWarning):
+    """Some points of a measurement sit at the round-off floor or solver tolerance."""
+
+
+def check_float64_tree(tree, name: str) -> None:
+    """Raise `InputError` unless every leaf of `tree` is a finite float64 array.
+
+    Only checks concrete values; under `jit` the dtype check still runs, the
+    finiteness check is skipped (values are unknown at trace time).
+    """
+    leaves = jtu.tree_leaves(tree)
+    if not leaves:
+        raise InputError(
+            f"`{name}` has no array leaves; pass a PyTree of float64 arrays."
+        )
+    for leaf in leaves:
+        dtype = jnp.result_type(leaf)
+        if dtype != jnp.float64:
+            raise InputError(
+                f"`{name}` has a leaf of dtype {dtype}; driftlab needs float64 "
+                "(order-of-accuracy work is meaningless in float32). Convert with "
+                "`jax.tree_util.tree_map(lambda x: jnp.asarray(x, jnp.float64), ...)`."
+            )
+        if not isinstance(leaf, jax.core.Tracer) and not np.all(
+            np.isfinite(np.asarray(leaf))
+        ):
+            raise InputError(f"`{name}` contains NaN or inf; pass finite values.")
+
+
+def check_step_size(h, name: str = "h") -> float:
+    """Return `h` as a Python float after checking it is finite and positive."""
+    try:
+        value = float(h)
+    except (TypeError, ValueError) as error:
+        raise InputError(f"`{name}` must be a real scalar, got {h!r}.") from error
+    if not math.isfinite(value) or value <= 0:
+        raise InputError(f"`{name}` must be finite and positive, got {value}.")
+    return value
+
+
+def check_same_structure(tree, reference, name: str, reference_name: str) -> None:
+    """Raise `InputError` unless `tree` has the PyTree structure and shapes of `reference`."""
+    structure = jtu.tree_structure(tree)
+    expected = jtu.tree_structure(reference)
+    if structure != expected:
+        raise InputError(
+            f"`{name}` has PyTree structure {structure}, but `{reference_name}` has "
+            f"{expected}; they must match."
+        )
+    for leaf, ref in zip(jtu.tree_leaves(tree), jtu.tree_leaves(reference)):
+        if jnp.shape(leaf) != jnp.shape(ref):
+            raise InputError(
+                f"`{name}` has a leaf of shape {jnp.shape(leaf)} where `{reference_name}` "
+                f"has {jnp.shape(ref)}; they must match."
+            )
+
+
+def unknown_name_error(kind: str, name: str, valid: Iterable[str]) -> InputError:
+    """An `InputError` for an unknown registry name, listing the valid ones."""
+    valid = sorted(valid)
+    close = difflib.get_close_matches(name, valid, n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    return InputError(f"unknown {kind} {name!r}.{hint} Valid: {', '.join(valid)}.")

@@ -1,0 +1,82 @@
+"""Names the CLI and the Python API use to select problems, optimisers and flows.
+
+Each registry maps a name to a factory. A flow factory is called as
+`factory(problem, step, h, order)` and returns an `AbstractFlow`; an optimiser
+factory as `factory(problem, hyper)` and returns `(step, y0, args)`.
+"""
+
+from collections.abc import Callable
+
+from . import problems as _problems
+from ._errors import unknown_name_error
+from .flows import GradientFlow, IGRFlow
+from .integrators import (
+    Adam,
+    AlternatingGD,
+    GradientDescent,
+    HeavyBall,
+    Nesterov,
+    RMSProp,
+    SGDEpoch,
+    SimultaneousGD,
+)
+
+
+PROBLEMS: dict[str, Callable] = {
+    "quadratic": _problems.quadratic,
+    "logistic": _problems.logistic_digits,
+    "mlp": _problems.mlp_digits,
+    "game": _problems.bilinear_game,
+}
+
+
+def _full_batch(make_map):
+    def factory(problem, hyper):
+        step = make_map(problem.loss, hyper)
+        return step, step.init(problem.params), problem.data
+
+    return factory
+
+
+def _epoch(problem, hyper):
+    step = SGDEpoch(problem.loss)
+    return step, problem.params, problem.batches(int(hyper.get("num_batches", 4)))
+
+
+def _game(make_map):
+    def factory(problem, hyper):
+        loss_phi, loss_theta = _problems.bilinear_game_losses()
+        step = make_map(
+            loss_phi, loss_theta, hyper.get("alpha", 1.0), hyper.get("lam", 1.0)
+        )
+        return step, problem.params, problem.data
+
+    return factory
+
+
+OPTIMISERS: dict[str, Callable] = {
+    "gd": _full_batch(lambda loss, hyper: GradientDescent(loss)),
+    "sgd-epoch": _epoch,
+    "heavy-ball": _full_batch(
+        lambda loss, hyper: HeavyBall(loss, hyper.get("beta", 0.5))
+    ),
+    "nesterov": _full_batch(lambda loss, hyper: Nesterov(loss, hyper.get("beta", 0.5))),
+    "adam": _full_batch(lambda loss, hyper: Adam(loss, bias_correction=False)),
+    "rmsprop": _full_batch(lambda loss, hyper: RMSProp(loss)),
+    "simultaneous-gd": _game(SimultaneousGD),
+    "alternating-gd": _game(AlternatingGD),
+}
+
+
+FLOWS: dict[str, Callable] = {
+    "gradient": lambda problem, step, h, order: GradientFlow(problem.loss),
+    "igr": lambda problem, step, h, order: IGRFlow(problem.loss, h),
+}
+
+
+def lookup(registry: dict, kind: str, name: str):
+    """`registry[name]`, or an `InputError` listing the valid names and the closest one."""
+    try:
+        return registry[name]
+    except KeyError:
+        raise unknown_name_error(kind, name, registry) from None

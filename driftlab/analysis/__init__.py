@@ -1,0 +1,19 @@
+"""Measuring drift: local and global errors, drift along a run, orders, spectra."""
+
+from ._error import (
+    Drift as Drift,
+    drift as drift,
+    ErrorMeasurement as ErrorMeasurement,
+    global_error as global_error,
+    local_error as local_error,
+)
+from ._order import (
+    order_of_accuracy as order_of_accuracy,
+    OrderEstimate as OrderEstimate,
+)
+from ._spectra import (
+    hessian_eigenpairs as hessian_eigenpairs,
+    HessianSpectrum as HessianSpectrum,
+    lambda_max as lambda_max,
+    stability_index as stability_index,
+)

@@ -1,0 +1,209 @@
+import warnings
+
+import equinox as eqx
+import jax.numpy as jnp
+import jax.tree_util as jtu
+import numpy as np
+
+from .._custom_types import Args, RealScalarLike, Y
+from .._errors import (
+    check_float64_tree,
+    check_same_structure,
+    check_step_size,
+    InputError,
+    StabilityWarning,
+)
+from .._tree import tree_norm, tree_sub
+from ..integrators import AbstractStepMap, advance, iterate, solve
+from ..integrators._solve import DEFAULT_ATOL, DEFAULT_RTOL
+from ._spectra import stability_index
+
+
+#: Round-off of one step is taken as this many machine epsilons of the state's norm.
+ROUNDOFF_ULPS = 100.0
+#: The solver's error is taken as this multiple of its tolerance.
+SOLVER_SAFETY = 10.0
+
+
+class ErrorMeasurement(eqx.Module):
+    r"""One measured distance between a map's iterates and a flow.
+
+    **Attributes:**
+
+    - `h`: the step size; `num_steps`: how many map steps were taken.
+    - `t`: the flow time compared (`num_steps * duration(h)`).
+    - `error`: $\|\text{params}(\Phi_h^n(y_0)) - \varphi_t(\text{params}(y_0))\|_2$.
+    - `scale`: the norm of the compared state.
+    - `floor`: the smallest error this measurement can resolve, from
+      round-off (`ROUNDOFF_ULPS` ulps per step) and the solver's tolerance.
+    """
+
+    h: float
+    num_steps: int
+    t: float
+    error: float
+    scale: float
+    floor: float
+
+    @property
+    def at_floor(self) -> bool:
+        """Whether the error is within a factor 10 of the floor (not trustworthy)."""
+        return self.error < 10 * self.floor
+
+
+def _floor(scale, num_steps, rtol, atol, size):
+    roundoff = ROUNDOFF_ULPS * np.finfo(np.float64).eps * scale * max(num_steps, 1)
+    solver = SOLVER_SAFETY * (rtol * scale + atol * np.sqrt(size))
+    return float(roundoff + solver)
+
+
+def _checked_inputs(step, flow, y0, h):
+    if not isinstance(step, AbstractStepMap):
+        raise InputError(
+            f"`step` must be a driftlab.AbstractStepMap, got {type(step).__name__}; "
+            "subclass AbstractStepMap and implement `__call__(y, h, args)`."
+        )
+    if not callable(flow):
+        raise InputError("`flow` must be callable as `flow(t, y, args)`.")
+    check_float64_tree(y0, "y0")
+    return check_step_size(h)
+
+
+def _flow_time(step, h, args, num_steps):
+    return float(step.duration(h, args)) * num_steps
+
+
+def _compare(step, flow, y0, h, num_steps, args, rtol, atol) -> ErrorMeasurement:
+    params0 = step.parameters(y0)
+    y_map = step.parameters(advance(step, y0, h, num_steps, args))
+    t = _flow_time(step, h, args, num_steps)
+    y_flow = solve(flow, params0, t, args=args, rtol=rtol, atol=atol)
+    check_same_structure(y_flow, params0, "flow(t, y, args)", "the parameters of y0")
+    difference = tree_sub(y_map, y_flow)
+    if any(jnp.iscomplexobj(leaf) for leaf in jtu.tree_leaves(difference)):
+        difference = jtu.tree_map(jnp.real, difference)
+    error = float(tree_norm(difference))
+    scale = float(tree_norm(params0))
+    size = sum(np.size(leaf) for leaf in jtu.tree_leaves(params0))
+    return ErrorMeasurement(
+        h=h,
+        num_steps=num_steps,
+        t=t,
+        error=error,
+        scale=scale,
+        floor=_floor(scale, num_steps, rtol, atol, size),
+    )
+
+
+def warn_if_unstable(step, y0, h, args) -> float:
+    """Measure the stability index at `h` and warn (`StabilityWarning`) when it is >= 2."""
+    index = stability_index(step, y0, h, args)
+    if index >= 2:
+        warnings.warn(
+            f"h = {h:g} is beyond the edge of stability: max |1 - mu| = {index:.3g} >= 2 "
+            "over the eigenvalues mu of the map's Jacobian (h * lambda_max >= 2 for "
+            "GD). The iterates oscillate or diverge there and backward-error series "
+            "do not converge; modified-flow errors are not expected to follow their order.",
+            StabilityWarning,
+            stacklevel=3,
+        )
+    return index
+
+
+def local_error(
+    step: AbstractStepMap,
+    flow,
+    y0: Y,
+    h: RealScalarLike,
+    args: Args = None,
+    *,
+    rtol: float = DEFAULT_RTOL,
+    atol: float = DEFAULT_ATOL,
+) -> ErrorMeasurement:
+    r"""One step of the map against the flow over the same time: $\|\Phi_h(y_0) - \varphi_h(y_0)\|$.
+
+    An order-`p` flow gives $O(h^{p+2})$. For maps with state (momentum,
+    Adam), the parameters are compared and the flow starts from the
+    parameters of `y0`.
+
+    **Raises:** `InputError` for bad input, `MeasurementError` if the solve fails.
+    """
+    h = _checked_inputs(step, flow, y0, h)
+    return _compare(step, flow, y0, h, 1, args, rtol, atol)
+
+
+def _num_steps(step, h, args, t_end) -> int:
+    t_end = check_step_size(t_end, "t_end")
+    num_steps = int(round(t_end / float(step.duration(h, args))))
+    if num_steps < 1:
+        raise InputError(f"`t_end` = {t_end:g} is shorter than one step of h = {h:g}.")
+    return num_steps
+
+
+def global_error(
+    step: AbstractStepMap,
+    flow,
+    y0: Y,
+    h: RealScalarLike,
+    t_end: RealScalarLike,
+    args: Args = None,
+    *,
+    rtol: float = DEFAULT_RTOL,
+    atol: float = DEFAULT_ATOL,
+) -> ErrorMeasurement:
+    r"""$n = \mathrm{round}(t_\text{end}/h)$ steps of the map against the flow over time $n h$.
+
+    An order-`p` flow gives $O(h^{p+1})$. The flow time compared is exactly
+    `num_steps * duration(h)` (recorded in the result as `t`).
+    """
+    h = _checked_inputs(step, flow, y0, h)
+    return _compare(
+        step, flow, y0, h, _num_steps(step, h, args, t_end), args, rtol, atol
+    )
+
+
+class Drift(eqx.Module):
+    """The distance between a map's iterates and a flow along a trajectory.
+
+    **Attributes:** `times` (flow time of each iterate), `errors` (the
+    distance at each), `map_norms` and `flow_norms` (the norms of the two
+    trajectories' parameters), `h`.
+    """
+
+    h: float
+    times: np.ndarray
+    errors: np.ndarray
+    map_norms: np.ndarray
+    flow_norms: np.ndarray
+
+
+def drift(
+    step: AbstractStepMap,
+    flow,
+    y0: Y,
+    h: RealScalarLike,
+    n: int,
+    args: Args = None,
+    *,
+    rtol: float = DEFAULT_RTOL,
+    atol: float = DEFAULT_ATOL,
+) -> Drift:
+    r"""The error $\|\text{params}(y_k) - \varphi_{t_k}(\text{params}(y_0))\|$ for $k = 0..n$."""
+    h = _checked_inputs(step, flow, y0, h)
+    ys = step.parameters(iterate(step, y0, h, n, args))
+    times = np.arange(n + 1) * float(step.duration(h, args))
+    params0 = step.parameters(y0)
+    flow_ys = solve(flow, params0, times[-1], ts=times, args=args, rtol=rtol, atol=atol)
+    per_time = lambda tree: np.array(
+        [
+            float(tree_norm(jtu.tree_map(lambda leaf: jnp.real(leaf[k]), tree)))
+            for k in range(n + 1)
+        ]
+    )
+    return Drift(
+        h=h,
+        times=times,
+        errors=per_time(tree_sub(ys, flow_ys)),
+        map_norms=per_time(ys),
+        flow_norms=per_time(flow_ys),
+    )

@@ -1,0 +1,231 @@
+import json
+import math
+import warnings
+from collections.abc import Callable, Sequence
+
+import equinox as eqx
+import numpy as np
+import scipy.stats
+
+from .._custom_types import Args, Y
+from .._errors import check_step_size, InputError, MeasurementError, RoundoffWarning
+from ..integrators import AbstractStepMap
+from ..integrators._solve import DEFAULT_ATOL, DEFAULT_RTOL
+from ._error import _checked_inputs, _compare, _num_steps, warn_if_unstable
+
+
+#: The fewest usable points a slope may be fitted to.
+MIN_POINTS = 3
+#: The narrowest h-range (max / min) a slope may be fitted over.
+MIN_RANGE = 2.0
+
+
+class OrderEstimate(eqx.Module):
+    r"""A measured order of accuracy: errors over a grid of step sizes and the fitted slope.
+
+    **Attributes:**
+
+    - `kind`: `"local"` (one step) or `"global"` (fixed time `t_end`).
+    - `hs`, `errors`, `floors`: the sweep, with each point's resolution floor.
+    - `used`: which points entered the fit; the others sit within a factor 10
+      of the round-off / solver floor (or are non-finite) and are listed in `excluded`.
+    - `slope`, `slope_stderr`, `intercept`: the least-squares fit of
+      $\log_2 \text{error}$ against $\log_2 h$ on the used points.
+    - `expected`: the slope the flow's order predicts (`order + 2` local,
+      `order + 1` global).
+    - `stability_index`: $\max|1 - \mu|$ of the map's Jacobian at the largest
+      `h` ($h\lambda_{max}$ for GD); at 2 or more the fit is not meaningful.
+    - `map_name`, `flow_name`, `t_end`.
+    """
+
+    kind: str = eqx.field(static=True)
+    map_name: str = eqx.field(static=True)
+    flow_name: str = eqx.field(static=True)
+    hs: np.ndarray
+    errors: np.ndarray
+    floors: np.ndarray
+    used: np.ndarray
+    slope: float
+    slope_stderr: float
+    intercept: float
+    expected: float
+    stability_index: float
+    t_end: float | None = None
+
+    @property
+    def excluded(self) -> list[str]:
+        """A line per point left out of the fit, saying why."""
+        return [
+            f"h={h:.4g}: error {e:.3g} within 10x of the floor {f:.3g}"
+            for h, e, f, u in zip(self.hs, self.errors, self.floors, self.used)
+            if not u
+        ]
+
+    def agrees(self, tolerance: float) -> bool:
+        """Whether the fitted slope is within `tolerance` of the expected one."""
+        return abs(self.slope - self.expected) <= tolerance
+
+    def to_dict(self) -> dict:
+        return {
+            "kind": self.kind,
+            "map": self.map_name,
+            "flow": self.flow_name,
+            "t_end": self.t_end,
+            "hs": [float(h) for h in self.hs],
+            "errors": [float(e) for e in self.errors],
+            "floors": [float(f) for f in self.floors],
+            "used": [bool(u) for u in self.used],
+            "slope": self.slope,
+            "slope_stderr": self.slope_stderr,
+            "intercept": self.intercept,
+            "expected": self.expected,
+            "stability_index": self.stability_index,
+            "excluded": self.excluded,
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    def __str__(self) -> str:
+        lines = [
+            f"{self.kind} error of {self.map_name} against {self.flow_name}"
+            + (f" over t = {self.t_end:g}" if self.t_end is not None else ""),
+            f"{'h':>12} {'error':>12} {'floor':>12}  used",
+        ]
+        for h, e, f, u in zip(self.hs, self.errors, self.floors, self.used):
+            lines.append(
+                f"{h:12.4e} {e:12.4e} {f:12.4e}  {'yes' if u else 'no (floor)'}"
+            )
+        lines.append(
+            f"slope {self.slope:.3f} +- {self.slope_stderr:.3f} (expected {self.expected:g}); "
+            f"max |1 - mu| at largest h: {self.stability_index:.3g}"
+        )
+        return "\n".join(lines)
+
+
+def check_step_grid(hs: Sequence[float]) -> np.ndarray:
+    """The grid `hs` as a sorted array, after checking it can support a slope fit."""
+    try:
+        grid = np.array([check_step_size(h, "hs") for h in hs])
+    except TypeError as error:
+        raise InputError("`hs` must be a sequence of positive step sizes.") from error
+    grid = np.unique(grid)
+    if grid.size < MIN_POINTS:
+        raise InputError(
+            f"`hs` needs at least {MIN_POINTS} distinct step sizes to fit a slope, got {grid.size}."
+        )
+    if grid[-1] / grid[0] < MIN_RANGE:
+        raise InputError(
+            f"`hs` spans only a factor {grid[-1] / grid[0]:.3g}; a slope needs at least a "
+            f"factor {MIN_RANGE:g} between the smallest and largest step size."
+        )
+    return grid
+
+
+def fit_slope(hs, errors, usable) -> tuple[float, float, float]:
+    """Least-squares slope, its standard error and intercept of log2(errors) vs log2(hs)."""
+    x, y = np.log2(hs[usable]), np.log2(errors[usable])
+    fit = scipy.stats.linregress(x, y)
+    return float(fit.slope), float(fit.stderr), float(fit.intercept)
+
+
+def order_of_accuracy(
+    step: AbstractStepMap,
+    make_flow: Callable[[float], object],
+    y0: Y,
+    hs: Sequence[float],
+    kind: str = "local",
+    args: Args = None,
+    *,
+    t_end: float | None = None,
+    expected: float | None = None,
+    rtol: float = DEFAULT_RTOL,
+    atol: float = DEFAULT_ATOL,
+    check_stability: bool = True,
+    progress: Callable[[int, int, float], None] | None = None,
+) -> OrderEstimate:
+    r"""Measure the order of accuracy of `make_flow(h)` against `step` over the grid `hs`.
+
+    For each `h`, measures `local_error` (`kind="local"`) or `global_error`
+    over `t_end` (`kind="global"`), then fits the log-log slope on the points
+    that lie clearly above the round-off / solver floor. An order-`p` flow
+    should give slope `p + 2` (local) or `p + 1` (global).
+
+    **Arguments:**
+
+    - `step`: the map; `make_flow(h)`: the flow for step size `h`.
+    - `y0`: the initial state; `hs`: at least 3 step sizes spanning a factor 2.
+    - `kind`: `"local"` or `"global"`; `t_end`: the time of a global
+      measurement (required then).
+    - `expected`: the slope to compare with; defaults to the flow's `order`
+      plus 2 (local) or 1 (global).
+    - `check_stability`: measure the stability index at the largest `h` and
+      warn (`StabilityWarning`) at 2 or beyond.
+    - `progress`: called as `progress(i, len(hs), h)` after each point.
+
+    **Returns:** an `OrderEstimate`.
+
+    **Raises:** `InputError` for a bad grid or kind; `MeasurementError` when
+    fewer than 3 points remain above the floor.
+    """
+    if kind not in ("local", "global"):
+        raise InputError(f"`kind` must be 'local' or 'global', got {kind!r}.")
+    if kind == "global" and t_end is None:
+        raise InputError(
+            "`t_end` is required for kind='global' (the time to compare at)."
+        )
+    grid = check_step_grid(hs)
+    first_flow = make_flow(float(grid[0]))
+    _checked_inputs(step, first_flow, y0, grid[0])
+    if expected is None:
+        order = getattr(first_flow, "order", None)
+        if order is None:
+            raise InputError(
+                "`expected` is required when the flow has no `order` attribute."
+            )
+        expected = order + (2 if kind == "local" else 1)
+    index = (
+        warn_if_unstable(step, y0, float(grid[-1]), args)
+        if check_stability
+        else math.nan
+    )
+    measurements = []
+    for i, h in enumerate(grid):
+        h = float(h)
+        flow = first_flow if i == 0 else make_flow(h)
+        num_steps = 1 if kind == "local" else _num_steps(step, h, args, t_end)
+        measurements.append(_compare(step, flow, y0, h, num_steps, args, rtol, atol))
+        if progress is not None:
+            progress(i + 1, grid.size, h)
+    errors = np.array([m.error for m in measurements])
+    floors = np.array([m.floor for m in measurements])
+    used = np.isfinite(errors) & (errors >= 10 * floors)
+    if used.sum() < MIN_POINTS:
+        raise MeasurementError(
+            f"only {int(used.sum())} of {grid.size} points lie above the round-off / solver "
+            f"floor (errors {errors.tolist()}, floors {floors.tolist()}); use larger step "
+            "sizes or tighter `rtol`/`atol`."
+        )
+    if not used.all():
+        warnings.warn(
+            f"{int((~used).sum())} of {grid.size} points sit at the round-off / solver floor "
+            "and were left out of the fit (see `OrderEstimate.excluded`).",
+            RoundoffWarning,
+            stacklevel=2,
+        )
+    slope, stderr, intercept = fit_slope(grid, errors, used)
+    return OrderEstimate(
+        kind=kind,
+        map_name=type(step).__name__,
+        flow_name=type(first_flow).__name__,
+        hs=grid,
+        errors=errors,
+        floors=floors,
+        used=used,
+        slope=slope,
+        slope_stderr=stderr,
+        intercept=intercept,
+        expected=float(expected),
+        stability_index=index,
+        t_end=None if t_end is None or kind == "local" else float(t_end),
+    )

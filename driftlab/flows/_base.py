@@ -1,0 +1,37 @@
+import abc
+
+import equinox as eqx
+from equinox import AbstractVar
+from jaxtyping import Array, Float
+
+from .._custom_types import Args, RealScalarLike, Scalar, Y
+from .._errors import InputError
+
+
+class AbstractFlow(eqx.Module):
+    r"""A (modified) vector field $\dot y = f_h(y) = f_0(y) + h f_1(y) + \cdots + h^p f_p(y)$.
+
+    Called as `flow(t, y, args)` and returning the structure of `y`, so that
+    `diffrax.ODETerm(flow)` works directly. `h` is the step size the field is
+    modified for; `order` is `p`, the highest power of `h` kept: an order-`p`
+    flow matches its map to $O(h^{p+2})$ per step (local error) and
+    $O(h^{p+1})$ over a fixed time (global error).
+
+    Flows that are gradients, $f_h = -\nabla \tilde L_h$, return
+    $\tilde L_h$ from `modified_loss(y, args)`; for the others it raises.
+    """
+
+    h: AbstractVar[Float[Array, ""]]
+    order: AbstractVar[int]
+
+    @abc.abstractmethod
+    def __call__(self, t: RealScalarLike, y: Y, args: Args) -> Y:
+        """**Returns:** $f_h(y)$, with the PyTree structure of `y`."""
+
+    def modified_loss(self, y: Y, args: Args) -> Scalar:
+        r"""The modified loss $\tilde L_h$ with $f_h = -\nabla \tilde L_h$, where one exists."""
+        del y, args
+        raise InputError(
+            f"{type(self).__name__} is not a gradient flow, so it has no modified "
+            "loss; use `driftlab.is_gradient_field` to measure its non-gradient part."
+        )

@@ -1,0 +1,22 @@
+"""One-step maps (the optimisers), their iterates, and diffrax solves of flows."""
+
+from ._iterate import advance as advance, iterate as iterate
+from ._maps import (
+    AbstractStepMap as AbstractStepMap,
+    Adam as Adam,
+    AdamState as AdamState,
+    AlternatingGD as AlternatingGD,
+    ExplicitEuler as ExplicitEuler,
+    GradientDescent as GradientDescent,
+    HeavyBall as HeavyBall,
+    MomentumState as MomentumState,
+    Nesterov as Nesterov,
+    OptaxState as OptaxState,
+    OptaxStepMap as OptaxStepMap,
+    RMSProp as RMSProp,
+    RMSPropState as RMSPropState,
+    SGD as SGD,
+    SGDEpoch as SGDEpoch,
+    SimultaneousGD as SimultaneousGD,
+)
+from ._solve import solve as solve

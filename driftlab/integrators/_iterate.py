@@ -1,0 +1,68 @@
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.tree_util as jtu
+
+from .._custom_types import Args, RealScalarLike, Y
+from .._errors import check_float64_tree, check_step_size, InputError
+from ._maps import AbstractStepMap
+
+
+def iterate(
+    step: AbstractStepMap,
+    y0: Y,
+    h: RealScalarLike,
+    n: int,
+    args: Args = None,
+    *,
+    args_per_step: bool = False,
+) -> Y:
+    r"""The discrete iterates $y_0, \Phi_h(y_0), \ldots, \Phi_h^n(y_0)$, via `jax.lax.scan`.
+
+    **Arguments:**
+
+    - `step`: the one-step map.
+    - `y0`: the initial state (a PyTree of float64 arrays).
+    - `h`: the step size.
+    - `n`: the number of steps.
+    - `args`: the data for every step, or, with `args_per_step=True`, a stack
+      whose leading axis has length `n` and whose slice `k` is used at step `k`.
+
+    **Returns:** the iterates stacked along a new leading axis of length `n + 1`.
+
+    **Raises:** `InputError` for a non-float64 or non-finite `y0`, a bad `h`
+    or a negative `n`.
+    """
+    check_float64_tree(y0, "y0")
+    h = check_step_size(h)
+    if not isinstance(n, int) or n < 0:
+        raise InputError(f"`n` must be a non-negative integer, got {n!r}.")
+    return _iterate(step, y0, jnp.asarray(h), n, args, args_per_step)
+
+
+@eqx.filter_jit
+def _iterate(step, y0, h, n, args, args_per_step):
+    def body(y, batch):
+        y_next = step(y, h, batch if args_per_step else args)
+        return y_next, y_next
+
+    _, ys = jax.lax.scan(body, y0, args if args_per_step else None, length=n)
+    return jtu.tree_map(
+        lambda first, rest: jnp.concatenate([first[None], rest]), y0, ys
+    )
+
+
+@eqx.filter_jit
+def _advance(step, y0, h, n, args):
+    return jax.lax.fori_loop(0, n, lambda _, y: step(y, h, args), y0)
+
+
+def advance(
+    step: AbstractStepMap, y0: Y, h: RealScalarLike, n: int, args: Args = None
+) -> Y:
+    r"""The last iterate $\Phi_h^n(y_0)$ only (no stack; `n` is traced, so no recompilation per `n`)."""
+    check_float64_tree(y0, "y0")
+    h = check_step_size(h)
+    if not isinstance(n, int) or n < 0:
+        raise InputError(f"`n` must be a non-negative integer, got {n!r}.")
+    return _advance(step, y0, jnp.asarray(h), jnp.asarray(n), args)

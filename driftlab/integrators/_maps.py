@@ -1,0 +1,434 @@
+"""Optimisers as one-step maps `y_{n+1} = Phi_h(y_n)`."""
+
+import abc
+from collections.abc import Callable
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.tree_util as jtu
+import optax
+from jaxtyping import Array, Float
+
+from .._custom_types import Args, RealScalarLike, Scalar, Y
+
+
+Loss = Callable[[Y, Args], Scalar]
+
+
+def _axpy(a, x, y):
+    """`a * x + y`, leaf by leaf."""
+    return jtu.tree_map(lambda xi, yi: a * xi + yi, x, y)
+
+
+def _gradient_step(loss: Loss, params: Y, h: RealScalarLike, batch: Args) -> Y:
+    return _axpy(-h, jax.grad(loss)(params, batch), params)
+
+
+class AbstractStepMap(eqx.Module):
+    r"""A one-step map $y_{n+1} = \Phi_h(y_n)$: one update of an optimiser.
+
+    Subclass it and implement `__call__(y, h, args)`. The step size `h` is an
+    explicit argument, never a field, because backward error analysis
+    differentiates with respect to it. `args` carries the data (a batch, a stack
+    of batches) and is passed to the loss as `loss(params, args)`.
+
+    Maps whose state holds more than the parameters (momentum buffers, Adam
+    moments) keep it in `y` and say how to find the parameters with
+    `parameters` / `with_parameters`, and how to start with `init`. One call
+    advances flow time by `duration(h, args)`: `h` for one step, `m h` for an
+    epoch of `m` steps.
+    """
+
+    @abc.abstractmethod
+    def __call__(self, y: Y, h: RealScalarLike, args: Args) -> Y:
+        """**Arguments:** `y` the state, `h` the step size, `args` the data.
+
+        **Returns:** the next state, with the PyTree structure of `y`.
+        """
+
+    def init(self, params: Y, args: Args = None) -> Y:
+        """The initial state for `params` (the parameters themselves, unless the map has state)."""
+        del args
+        return params
+
+    def parameters(self, y: Y) -> Y:
+        """The parameters held in the state `y`."""
+        return y
+
+    def with_parameters(self, y: Y, params: Y) -> Y:
+        """The state `y` with its parameters replaced by `params`."""
+        del y
+        return params
+
+    def duration(self, h: RealScalarLike, args: Args) -> RealScalarLike:
+        """The flow time that one call of the map covers: `h` for a single step."""
+        del args
+        return h
+
+
+class GradientDescent(AbstractStepMap):
+    r"""Gradient descent, $\theta_{n+1} = \theta_n - h \nabla L(\theta_n)$.
+
+    **Arguments:** `loss`, called as `loss(params, args)`.
+    """
+
+    loss: Loss
+
+    def __call__(self, y: Y, h: RealScalarLike, args: Args) -> Y:
+        return _gradient_step(self.loss, y, h, args)
+
+
+class SGD(AbstractStepMap):
+    r"""One minibatch step $\theta_{n+1} = \theta_n - h \nabla L_{B}(\theta_n)$.
+
+    The batch `B` is `args`; use `SGDEpoch` for a sequence of batches.
+    """
+
+    loss: Loss
+
+    def __call__(self, y: Y, h: RealScalarLike, args: Args) -> Y:
+        return _gradient_step(self.loss, y, h, args)
+
+
+def num_batches(batches: Args) -> int:
+    """The number of batches in a stack: the leading axis of every leaf."""
+    leaves = jtu.tree_leaves(batches)
+    if not leaves:
+        raise ValueError("`args` must be a stack of batches with a leading batch axis.")
+    sizes = {jnp.shape(leaf)[0] if jnp.ndim(leaf) else None for leaf in leaves}
+    if len(sizes) != 1 or None in sizes:
+        raise ValueError(
+            "`args` must be a stack of batches: every leaf needs the same leading "
+            f"(batch-index) axis, got leading sizes {sizes}."
+        )
+    return sizes.pop()
+
+
+class SGDEpoch(AbstractStepMap):
+    r"""One epoch of SGD: $m$ minibatch steps with the batches in the order given.
+
+    $\theta \mapsto \phi_m \circ \cdots \circ \phi_1(\theta)$ with
+    $\phi_k(\theta) = \theta - h \nabla L_k(\theta)$, where batch $k$ is
+    `args[k]` (every leaf of `args` has a leading batch-index axis; permute
+    that axis to change the order). One epoch covers flow time $m h$, the
+    convention of Smith, Dherin, Barrett & De (2021).
+    """
+
+    loss: Loss
+
+    def __call__(self, y: Y, h: RealScalarLike, args: Args) -> Y:
+        num_batches(args)
+
+        def minibatch_step(params, batch):
+            return _gradient_step(self.loss, params, h, batch), None
+
+        return jax.lax.scan(minibatch_step, y, args)[0]
+
+    def duration(self, h: RealScalarLike, args: Args) -> RealScalarLike:
+        return h * num_batches(args)
+
+
+class MomentumState(eqx.Module):
+    """State of `HeavyBall` and `Nesterov`: the parameters and the momentum buffer."""
+
+    params: Y
+    momentum: Y
+
+
+class HeavyBall(AbstractStepMap):
+    r"""Heavy-ball momentum (Polyak), in optax's form.
+
+    $$m_{n+1} = \beta m_n + \nabla L(\theta_n), \qquad \theta_{n+1} = \theta_n - h m_{n+1},$$
+
+    equivalently $\theta_{n+1} = \theta_n - h\nabla L(\theta_n) + \beta(\theta_n - \theta_{n-1})$.
+    The state is a `MomentumState`; `init` starts the buffer at zero. The
+    effective learning rate is $h / (1 - \beta)$.
+    """
+
+    loss: Loss
+    beta: Float[Array, ""] = eqx.field(converter=jnp.asarray)
+
+    def __check_init__(self):
+        if not 0 <= float(self.beta) < 1:
+            raise ValueError(f"`beta` must lie in [0, 1), got {float(self.beta)}.")
+
+    def __call__(
+        self, y: MomentumState, h: RealScalarLike, args: Args
+    ) -> MomentumState:
+        momentum = _axpy(self.beta, y.momentum, jax.grad(self.loss)(y.params, args))
+        return MomentumState(_axpy(-h, momentum, y.params), momentum)
+
+    def init(self, params: Y, args: Args = None) -> MomentumState:
+        del args
+        return MomentumState(params, jtu.tree_map(jnp.zeros_like, params))
+
+    def parameters(self, y: MomentumState) -> Y:
+        return y.params
+
+    def with_parameters(self, y: MomentumState, params: Y) -> MomentumState:
+        return MomentumState(params, y.momentum)
+
+
+class Nesterov(AbstractStepMap):
+    r"""Nesterov momentum, in optax's (Sutskever et al.) form.
+
+    $$m_{n+1} = \beta m_n + \nabla L(\theta_n), \qquad
+    \theta_{n+1} = \theta_n - h\,(\nabla L(\theta_n) + \beta m_{n+1}).$$
+    """
+
+    loss: Loss
+    beta: Float[Array, ""] = eqx.field(converter=jnp.asarray)
+
+    def __check_init__(self):
+        if not 0 <= float(self.beta) < 1:
+            raise ValueError(f"`beta` must lie in [0, 1), got {float(self.beta)}.")
+
+    def __call__(
+        self, y: MomentumState, h: RealScalarLike, args: Args
+    ) -> MomentumState:
+        grad = jax.grad(self.loss)(y.params, args)
+        momentum = _axpy(self.beta, y.momentum, grad)
+        return MomentumState(
+            _axpy(-h, _axpy(self.beta, momentum, grad), y.params), momentum
+        )
+
+    def init(self, params: Y, args: Args = None) -> MomentumState:
+        del args
+        return MomentumState(params, jtu.tree_map(jnp.zeros_like, params))
+
+    def parameters(self, y: MomentumState) -> Y:
+        return y.params
+
+    def with_parameters(self, y: MomentumState, params: Y) -> MomentumState:
+        return MomentumState(params, y.momentum)
+
+
+def _preconditioned(nu, eps, eps_inside_sqrt: bool):
+    """`sqrt(nu + eps)` or `sqrt(nu) + eps`: the two conventions papers use."""
+    if eps_inside_sqrt:
+        return jnp.sqrt(nu + eps)
+    return jnp.sqrt(nu) + eps
+
+
+class AdamState(eqx.Module):
+    """State of `Adam`: parameters, first and second moments, and the step count.
+
+    `count` is `None` when bias correction is off (the map is then autonomous,
+    which backward error analysis needs).
+    """
+
+    params: Y
+    mu: Y
+    nu: Y
+    count: Float[Array, ""] | None
+
+
+class Adam(AbstractStepMap):
+    r"""Adam (Kingma & Ba 2015), matching `optax.adam` by default.
+
+    $$m' = \beta_1 m + (1-\beta_1) g,\quad v' = \beta_2 v + (1-\beta_2) g^2,\quad
+    \theta' = \theta - h\,\frac{\hat m}{\sqrt{\hat v} + \epsilon},$$
+
+    with $\hat m = m'/(1-\beta_1^{n+1})$, $\hat v = v'/(1-\beta_2^{n+1})$ when
+    `bias_correction` (else $\hat m = m'$, $\hat v = v'$), and
+    $\sqrt{\hat v + \epsilon}$ instead of $\sqrt{\hat v} + \epsilon$ when
+    `eps_inside_sqrt` (the convention of Cattaneo, Klusowski & Shigida 2023).
+    """
+
+    loss: Loss
+    b1: Float[Array, ""] = eqx.field(converter=jnp.asarray, default=0.9)
+    b2: Float[Array, ""] = eqx.field(converter=jnp.asarray, default=0.999)
+    eps: Float[Array, ""] = eqx.field(converter=jnp.asarray, default=1e-8)
+    eps_inside_sqrt: bool = eqx.field(static=True, default=False)
+    bias_correction: bool = eqx.field(static=True, default=True)
+
+    def __check_init__(self):
+        for name in ("b1", "b2"):
+            if not 0 <= float(getattr(self, name)) < 1:
+                raise ValueError(
+                    f"`{name}` must lie in [0, 1), got {float(getattr(self, name))}."
+                )
+        if float(self.eps) < 0:
+            raise ValueError(f"`eps` must be non-negative, got {float(self.eps)}.")
+
+    def __call__(self, y: AdamState, h: RealScalarLike, args: Args) -> AdamState:
+        grad = jax.grad(self.loss)(y.params, args)
+        mu = jtu.tree_map(lambda m, g: self.b1 * m + (1 - self.b1) * g, y.mu, grad)
+        nu = jtu.tree_map(lambda v, g: self.b2 * v + (1 - self.b2) * g**2, y.nu, grad)
+        if self.bias_correction:
+            count = y.count + 1
+            mu_hat = jtu.tree_map(lambda m: m / (1 - self.b1**count), mu)
+            nu_hat = jtu.tree_map(lambda v: v / (1 - self.b2**count), nu)
+        else:
+            count, mu_hat, nu_hat = None, mu, nu
+        params = jtu.tree_map(
+            lambda p, m, v: (
+                p - h * m / _preconditioned(v, self.eps, self.eps_inside_sqrt)
+            ),
+            y.params,
+            mu_hat,
+            nu_hat,
+        )
+        return AdamState(params, mu, nu, count)
+
+    def init(self, params: Y, args: Args = None) -> AdamState:
+        del args
+        zeros = jtu.tree_map(jnp.zeros_like, params)
+        count = jnp.zeros((), jnp.result_type(float)) if self.bias_correction else None
+        return AdamState(params, zeros, zeros, count)
+
+    def parameters(self, y: AdamState) -> Y:
+        return y.params
+
+    def with_parameters(self, y: AdamState, params: Y) -> AdamState:
+        return AdamState(params, y.mu, y.nu, y.count)
+
+
+class RMSPropState(eqx.Module):
+    """State of `RMSProp`: the parameters and the running mean of squared gradients."""
+
+    params: Y
+    nu: Y
+
+
+class RMSProp(AbstractStepMap):
+    r"""RMSProp (Tieleman & Hinton 2012), matching `optax.rmsprop` by default.
+
+    $$v' = \rho v + (1-\rho) g^2, \qquad \theta' = \theta - h\,\frac{g}{\sqrt{v' + \epsilon}},$$
+
+    or $g / (\sqrt{v'} + \epsilon)$ when `eps_inside_sqrt=False`.
+    """
+
+    loss: Loss
+    rho: Float[Array, ""] = eqx.field(converter=jnp.asarray, default=0.9)
+    eps: Float[Array, ""] = eqx.field(converter=jnp.asarray, default=1e-8)
+    eps_inside_sqrt: bool = eqx.field(static=True, default=True)
+
+    def __check_init__(self):
+        if not 0 <= float(self.rho) < 1:
+            raise ValueError(f"`rho` must lie in [0, 1), got {float(self.rho)}.")
+        if float(self.eps) < 0:
+            raise ValueError(f"`eps` must be non-negative, got {float(self.eps)}.")
+
+    def __call__(self, y: RMSPropState, h: RealScalarLike, args: Args) -> RMSPropState:
+        grad = jax.grad(self.loss)(y.params, args)
+        nu = jtu.tree_map(lambda v, g: self.rho * v + (1 - self.rho) * g**2, y.nu, grad)
+        params = jtu.tree_map(
+            lambda p, g, v: (
+                p - h * g / _preconditioned(v, self.eps, self.eps_inside_sqrt)
+            ),
+            y.params,
+            grad,
+            nu,
+        )
+        return RMSPropState(params, nu)
+
+    def init(self, params: Y, args: Args = None) -> RMSPropState:
+        del args
+        return RMSPropState(params, jtu.tree_map(jnp.zeros_like, params))
+
+    def parameters(self, y: RMSPropState) -> Y:
+        return y.params
+
+    def with_parameters(self, y: RMSPropState, params: Y) -> RMSPropState:
+        return RMSPropState(params, y.nu)
+
+
+class SimultaneousGD(AbstractStepMap):
+    r"""Simultaneous gradient descent in a two-player game (Rosca et al. 2021).
+
+    The state is a pair `(phi, theta)`; player one minimises `loss_phi`, player
+    two `loss_theta`, both called as `loss((phi, theta), args)`:
+
+    $$\phi' = \phi - \alpha h \nabla_\phi L_1(\phi, \theta), \qquad
+    \theta' = \theta - \lambda h \nabla_\theta L_2(\phi, \theta).$$
+
+    `alpha` and `lam` are the players' step sizes as multiples of `h`.
+    """
+
+    loss_phi: Loss
+    loss_theta: Loss
+    alpha: Float[Array, ""] = eqx.field(converter=jnp.asarray, default=1.0)
+    lam: Float[Array, ""] = eqx.field(converter=jnp.asarray, default=1.0)
+
+    def __call__(self, y: tuple[Y, Y], h: RealScalarLike, args: Args) -> tuple[Y, Y]:
+        phi, theta = y
+        grad_phi = jax.grad(self.loss_phi)((phi, theta), args)[0]
+        grad_theta = jax.grad(self.loss_theta)((phi, theta), args)[1]
+        return _axpy(-self.alpha * h, grad_phi, phi), _axpy(
+            -self.lam * h, grad_theta, theta
+        )
+
+
+class AlternatingGD(AbstractStepMap):
+    r"""Alternating gradient descent in a two-player game (Rosca et al. 2021).
+
+    Player one moves first; player two uses its new parameters:
+
+    $$\phi' = \phi - \alpha h \nabla_\phi L_1(\phi, \theta), \qquad
+    \theta' = \theta - \lambda h \nabla_\theta L_2(\phi', \theta).$$
+    """
+
+    loss_phi: Loss
+    loss_theta: Loss
+    alpha: Float[Array, ""] = eqx.field(converter=jnp.asarray, default=1.0)
+    lam: Float[Array, ""] = eqx.field(converter=jnp.asarray, default=1.0)
+
+    def __call__(self, y: tuple[Y, Y], h: RealScalarLike, args: Args) -> tuple[Y, Y]:
+        phi, theta = y
+        phi = _axpy(
+            -self.alpha * h, jax.grad(self.loss_phi)((phi, theta), args)[0], phi
+        )
+        grad_theta = jax.grad(self.loss_theta)((phi, theta), args)[1]
+        return phi, _axpy(-self.lam * h, grad_theta, theta)
+
+
+class ExplicitEuler(AbstractStepMap):
+    r"""Explicit Euler for an ODE $\dot y = f(y)$: $y_{n+1} = y_n + h f(y_n)$.
+
+    `vector_field` is called as `vector_field(y, args)`. Its modified equation
+    is the textbook case of Hairer, Lubich & Wanner, *Geometric Numerical
+    Integration*, ch. IX.1.
+    """
+
+    vector_field: Callable[[Y, Args], Y]
+
+    def __call__(self, y: Y, h: RealScalarLike, args: Args) -> Y:
+        return _axpy(h, self.vector_field(y, args), y)
+
+
+class OptaxState(eqx.Module):
+    """State of `OptaxStepMap`: the parameters and the optax optimiser state."""
+
+    params: Y
+    opt_state: optax.OptState
+
+
+class OptaxStepMap(AbstractStepMap):
+    r"""Any optax `GradientTransformation` as a step map.
+
+    `make_optimiser(h)` builds the transformation for step size `h` (for
+    example `lambda h: optax.adam(h)`), so that `h` stays an explicit,
+    differentiable argument. One call applies one update to the gradient of
+    `loss(params, args)`.
+    """
+
+    loss: Loss
+    make_optimiser: Callable[[RealScalarLike], optax.GradientTransformation]
+
+    def __call__(self, y: OptaxState, h: RealScalarLike, args: Args) -> OptaxState:
+        optimiser = self.make_optimiser(h)
+        grad = jax.grad(self.loss)(y.params, args)
+        updates, opt_state = optimiser.update(grad, y.opt_state, y.params)
+        return OptaxState(optax.apply_updates(y.params, updates), opt_state)
+
+    def init(self, params: Y, args: Args = None) -> OptaxState:
+        del args
+        return OptaxState(params, self.make_optimiser(1.0).init(params))
+
+    def parameters(self, y: OptaxState) -> Y:
+        return y.params
+
+    def with_parameters(self, y: OptaxState, params: Y) -> OptaxState:
+        return OptaxState(params, y.opt_state)

@@ -1,0 +1,19 @@
+"""Losses to study: quadratics with exact flows, logistic regression and an MLP on digits, games."""
+
+from ._digits import (
+    logistic_digits as logistic_digits,
+    logistic_loss as logistic_loss,
+    mlp_digits as mlp_digits,
+    mlp_loss as mlp_loss,
+)
+from ._games import (
+    bilinear_game as bilinear_game,
+    bilinear_game_losses as bilinear_game_losses,
+)
+from ._problem import AbstractProblem as AbstractProblem, Problem as Problem
+from ._quadratic import (
+    quadratic as quadratic,
+    quadratic_loss as quadratic_loss,
+    QuadraticProblem as QuadraticProblem,
+    random_spectrum_matrix as random_spectrum_matrix,
+)
