@@ -45,9 +45,7 @@ def check_float64_tree(tree, name: str) -> None:
     """
     leaves = jtu.tree_leaves(tree)
     if not leaves:
-        raise InputError(
-            f"`{name}` has no array leaves; pass a PyTree of float64 arrays."
-        )
+        raise InputError(f"`{name}` has no array leaves; pass a PyTree of float64 arrays.")
     for leaf in leaves:
         dtype = jnp.result_type(leaf)
         if dtype != jnp.float64:
@@ -56,9 +54,7 @@ def check_float64_tree(tree, name: str) -> None:
                 "(order-of-accuracy work is meaningless in float32). Convert with "
                 "`jax.tree_util.tree_map(lambda x: jnp.asarray(x, jnp.float64), ...)`."
             )
-        if not isinstance(leaf, jax.core.Tracer) and not np.all(
-            np.isfinite(np.asarray(leaf))
-        ):
+        if not isinstance(leaf, jax.core.Tracer) and not np.all(np.isfinite(np.asarray(leaf))):
             raise InputError(f"`{name}` contains NaN or inf; pass finite values.")
 
 

@@ -46,9 +46,7 @@ def _epoch(problem, hyper):
 def _game(make_map):
     def factory(problem, hyper):
         loss_phi, loss_theta = _problems.bilinear_game_losses()
-        step = make_map(
-            loss_phi, loss_theta, hyper.get("alpha", 1.0), hyper.get("lam", 1.0)
-        )
+        step = make_map(loss_phi, loss_theta, hyper.get("alpha", 1.0), hyper.get("lam", 1.0))
         return step, problem.params, problem.data
 
     return factory
@@ -57,9 +55,7 @@ def _game(make_map):
 OPTIMISERS: dict[str, Callable] = {
     "gd": _full_batch(lambda loss, hyper: GradientDescent(loss)),
     "sgd-epoch": _epoch,
-    "heavy-ball": _full_batch(
-        lambda loss, hyper: HeavyBall(loss, hyper.get("beta", 0.5))
-    ),
+    "heavy-ball": _full_batch(lambda loss, hyper: HeavyBall(loss, hyper.get("beta", 0.5))),
     "nesterov": _full_batch(lambda loss, hyper: Nesterov(loss, hyper.get("beta", 0.5))),
     "adam": _full_batch(lambda loss, hyper: Adam(loss, bias_correction=False)),
     "rmsprop": _full_batch(lambda loss, hyper: RMSProp(loss)),

@@ -18,9 +18,7 @@ def tree_scale(a, x):
 
 def tree_vdot(x, y):
     """The real inner product of two PyTrees of the same structure."""
-    return sum(
-        jnp.vdot(a, b).real for a, b in zip(jtu.tree_leaves(x), jtu.tree_leaves(y))
-    )
+    return sum(jnp.vdot(a, b).real for a, b in zip(jtu.tree_leaves(x), jtu.tree_leaves(y)))
 
 
 def tree_norm(x):

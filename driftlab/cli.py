@@ -42,17 +42,13 @@ def _step_grid(h_min, h_max, num):
     return np.geomspace(h_min, h_max, num)
 
 
-def run_order(
-    problem_name, optimiser_name, flow_names, hs, kinds, t_end, order, hyper, seed
-):
+def run_order(problem_name, optimiser_name, flow_names, hs, kinds, t_end, order, hyper, seed):
     """Measure every (flow, kind) pair; returns the list of `OrderEstimate`s."""
     from .analysis import order_of_accuracy
 
     problem = _registry.lookup(_registry.PROBLEMS, "problem", problem_name)(seed=seed)
     make_optimiser = _registry.lookup(_registry.OPTIMISERS, "optimiser", optimiser_name)
-    make_flows = [
-        _registry.lookup(_registry.FLOWS, "flow", name) for name in flow_names
-    ]
+    make_flows = [_registry.lookup(_registry.FLOWS, "flow", name) for name in flow_names]
     step, y0, args = make_optimiser(problem, hyper)
     estimates = []
     for flow_name, make_flow in zip(flow_names, make_flows):
@@ -104,9 +100,7 @@ def demo(args):
     """GD on the MLP on digits against gradient flow and IGR, local and global error."""
     start = time.perf_counter()
     hs = np.geomspace(1 / 256, 1 / 8, 6)
-    estimates = run_order(
-        "mlp", "gd", ["gradient", "igr"], hs, ["local", "global"], 1.0, 1, {}, 0
-    )
+    estimates = run_order("mlp", "gd", ["gradient", "igr"], hs, ["local", "global"], 1.0, 1, {}, 0)
     _report(
         estimates,
         args.output,
@@ -145,33 +139,21 @@ def order(args):
 
 def build_parser():
     parser = _Parser(prog="driftlab", description=__doc__)
-    commands = parser.add_subparsers(
-        dest="command", required=True, parser_class=_Parser
-    )
-    demo_parser = commands.add_parser(
-        "demo", help="GD vs gradient flow and IGR on the MLP."
-    )
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    demo_parser = commands.add_parser("demo", help="GD vs gradient flow and IGR on the MLP.")
     demo_parser.add_argument("--output", default=DEFAULT_OUTPUT)
     demo_parser.set_defaults(func=demo)
     order_parser = commands.add_parser("order", help="Measure an order of accuracy.")
-    order_parser.add_argument(
-        "--problem", default="mlp", help=", ".join(_registry.PROBLEMS)
-    )
-    order_parser.add_argument(
-        "--optimiser", default="gd", help=", ".join(_registry.OPTIMISERS)
-    )
+    order_parser.add_argument("--problem", default="mlp", help=", ".join(_registry.PROBLEMS))
+    order_parser.add_argument("--optimiser", default="gd", help=", ".join(_registry.OPTIMISERS))
     order_parser.add_argument(
         "--flow",
         nargs="+",
         default=["gradient", "igr"],
         help=", ".join(_registry.FLOWS),
     )
-    order_parser.add_argument(
-        "--kind", nargs="+", default=["local"], choices=["local", "global"]
-    )
-    order_parser.add_argument(
-        "--order", type=int, default=1, help="order p of 'modified' flows"
-    )
+    order_parser.add_argument("--kind", nargs="+", default=["local"], choices=["local", "global"])
+    order_parser.add_argument("--order", type=int, default=1, help="order p of 'modified' flows")
     order_parser.add_argument("--h-min", type=float, default=1 / 256)
     order_parser.add_argument("--h-max", type=float, default=1 / 8)
     order_parser.add_argument("--num", type=int, default=6)
@@ -183,9 +165,7 @@ def build_parser():
         default=[],
         help="optimiser settings, e.g. beta=0.5 num_batches=4",
     )
-    order_parser.add_argument(
-        "--json", help="also write the estimates to this JSON file"
-    )
+    order_parser.add_argument("--json", help="also write the estimates to this JSON file")
     order_parser.add_argument("--output", default=DEFAULT_OUTPUT)
     order_parser.add_argument("--stem", default="order")
     order_parser.set_defaults(func=order)

@@ -42,9 +42,7 @@ def plot_orders(estimates, path: str, title: str = "") -> str:
         )
         (line,) = axes.loglog(hs[used], errors[used], "o-", label=label)
         if (~used).any():
-            axes.loglog(
-                hs[~used], errors[~used], "o", mfc="none", color=line.get_color()
-            )
+            axes.loglog(hs[~used], errors[~used], "o", mfc="none", color=line.get_color())
         fitted = 2.0 ** (estimate.intercept + estimate.slope * np.log2(hs))
         axes.loglog(hs, fitted, ":", color=line.get_color(), lw=1)
     axes.set_xlabel("step size h")

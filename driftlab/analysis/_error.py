@@ -157,9 +157,7 @@ def global_error(
     `num_steps * duration(h)` (recorded in the result as `t`).
     """
     h = _checked_inputs(step, flow, y0, h)
-    return _compare(
-        step, flow, y0, h, _num_steps(step, h, args, t_end), args, rtol, atol
-    )
+    return _compare(step, flow, y0, h, _num_steps(step, h, args, t_end), args, rtol, atol)
 
 
 class Drift(eqx.Module):
@@ -195,10 +193,7 @@ def drift(
     params0 = step.parameters(y0)
     flow_ys = solve(flow, params0, times[-1], ts=times, args=args, rtol=rtol, atol=atol)
     per_time = lambda tree: np.array(
-        [
-            float(tree_norm(jtu.tree_map(lambda leaf: jnp.real(leaf[k]), tree)))
-            for k in range(n + 1)
-        ]
+        [float(tree_norm(jtu.tree_map(lambda leaf: jnp.real(leaf[k]), tree))) for k in range(n + 1)]
     )
     return Drift(
         h=h,

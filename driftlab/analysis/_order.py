@@ -93,9 +93,7 @@ class OrderEstimate(eqx.Module):
             f"{'h':>12} {'error':>12} {'floor':>12}  used",
         ]
         for h, e, f, u in zip(self.hs, self.errors, self.floors, self.used):
-            lines.append(
-                f"{h:12.4e} {e:12.4e} {f:12.4e}  {'yes' if u else 'no (floor)'}"
-            )
+            lines.append(f"{h:12.4e} {e:12.4e} {f:12.4e}  {'yes' if u else 'no (floor)'}")
         lines.append(
             f"slope {self.slope:.3f} +- {self.slope_stderr:.3f} (expected {self.expected:g}); "
             f"max |1 - mu| at largest h: {self.stability_index:.3g}"
@@ -171,24 +169,16 @@ def order_of_accuracy(
     if kind not in ("local", "global"):
         raise InputError(f"`kind` must be 'local' or 'global', got {kind!r}.")
     if kind == "global" and t_end is None:
-        raise InputError(
-            "`t_end` is required for kind='global' (the time to compare at)."
-        )
+        raise InputError("`t_end` is required for kind='global' (the time to compare at).")
     grid = check_step_grid(hs)
     first_flow = make_flow(float(grid[0]))
     _checked_inputs(step, first_flow, y0, grid[0])
     if expected is None:
         order = getattr(first_flow, "order", None)
         if order is None:
-            raise InputError(
-                "`expected` is required when the flow has no `order` attribute."
-            )
+            raise InputError("`expected` is required when the flow has no `order` attribute.")
         expected = order + (2 if kind == "local" else 1)
-    index = (
-        warn_if_unstable(step, y0, float(grid[-1]), args)
-        if check_stability
-        else math.nan
-    )
+    index = warn_if_unstable(step, y0, float(grid[-1]), args) if check_stability else math.nan
     measurements = []
     for i, h in enumerate(grid):
         h = float(h)

@@ -51,9 +51,7 @@ def hessian_eigenpairs(
     flat, grad_flat, hvp = _ravelled_hvp(loss, params, args)
     n = flat.size
     if not 1 <= k <= n:
-        raise InputError(
-            f"`k` must lie in [1, {n}] (the number of parameters), got {k}."
-        )
+        raise InputError(f"`k` must lie in [1, {n}] (the number of parameters), got {k}.")
     if method == "auto":
         method = "dense" if n <= DENSE_LIMIT or k >= n - 1 else "lanczos"
     if method == "dense":
@@ -64,27 +62,21 @@ def hessian_eigenpairs(
             index = np.sort(np.argsort(np.abs(values))[n - k :])
         return HessianSpectrum(values[index], vectors[:, index], "dense")
     if method != "lanczos":
-        raise InputError(
-            f"`method` must be 'auto', 'dense' or 'lanczos', got {method!r}."
-        )
+        raise InputError(f"`method` must be 'auto', 'dense' or 'lanczos', got {method!r}.")
     operator = scipy.sparse.linalg.LinearOperator(
         (n, n),
         matvec=lambda v: np.asarray(hvp(jnp.asarray(v, jnp.float64))),
         dtype=np.float64,
     )
     start = np.random.default_rng(0).standard_normal(n)
-    values, vectors = scipy.sparse.linalg.eigsh(
-        operator, k=k, which=which, v0=start, tol=1e-10
-    )
+    values, vectors = scipy.sparse.linalg.eigsh(operator, k=k, which=which, v0=start, tol=1e-10)
     order = np.argsort(values)
     return HessianSpectrum(values[order], vectors[:, order], "lanczos")
 
 
 def lambda_max(loss, params: Y, args: Args = None) -> float:
     r"""The largest eigenvalue of $\nabla^2 L$ at `params` (Lanczos or dense)."""
-    return float(
-        hessian_eigenpairs(loss, params, args, k=1, which="LA").eigenvalues[-1]
-    )
+    return float(hessian_eigenpairs(loss, params, args, k=1, which="LA").eigenvalues[-1])
 
 
 def stability_index(step, y: Y, h: RealScalarLike, args: Args = None) -> float:

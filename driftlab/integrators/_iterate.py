@@ -47,9 +47,7 @@ def _iterate(step, y0, h, n, args, args_per_step):
         return y_next, y_next
 
     _, ys = jax.lax.scan(body, y0, args if args_per_step else None, length=n)
-    return jtu.tree_map(
-        lambda first, rest: jnp.concatenate([first[None], rest]), y0, ys
-    )
+    return jtu.tree_map(lambda first, rest: jnp.concatenate([first[None], rest]), y0, ys)
 
 
 @eqx.filter_jit
@@ -57,10 +55,12 @@ def _advance(step, y0, h, n, args):
     return jax.lax.fori_loop(0, n, lambda _, y: step(y, h, args), y0)
 
 
-def advance(
-    step: AbstractStepMap, y0: Y, h: RealScalarLike, n: int, args: Args = None
-) -> Y:
-    r"""The last iterate $\Phi_h^n(y_0)$ only (no stack; `n` is traced, so no recompilation per `n`)."""
+def advance(step: AbstractStepMap, y0: Y, h: RealScalarLike, n: int, args: Args = None) -> Y:
+    r"""The last iterate $\Phi_h^n(y_0)$ only.
+
+    Unlike `iterate`, nothing is stacked and `n` is traced, so changing `n`
+    does not recompile.
+    """
     check_float64_tree(y0, "y0")
     h = check_step_size(h)
     if not isinstance(n, int) or n < 0:

@@ -153,9 +153,7 @@ class HeavyBall(AbstractStepMap):
         if not 0 <= float(self.beta) < 1:
             raise ValueError(f"`beta` must lie in [0, 1), got {float(self.beta)}.")
 
-    def __call__(
-        self, y: MomentumState, h: RealScalarLike, args: Args
-    ) -> MomentumState:
+    def __call__(self, y: MomentumState, h: RealScalarLike, args: Args) -> MomentumState:
         momentum = _axpy(self.beta, y.momentum, jax.grad(self.loss)(y.params, args))
         return MomentumState(_axpy(-h, momentum, y.params), momentum)
 
@@ -184,14 +182,10 @@ class Nesterov(AbstractStepMap):
         if not 0 <= float(self.beta) < 1:
             raise ValueError(f"`beta` must lie in [0, 1), got {float(self.beta)}.")
 
-    def __call__(
-        self, y: MomentumState, h: RealScalarLike, args: Args
-    ) -> MomentumState:
+    def __call__(self, y: MomentumState, h: RealScalarLike, args: Args) -> MomentumState:
         grad = jax.grad(self.loss)(y.params, args)
         momentum = _axpy(self.beta, y.momentum, grad)
-        return MomentumState(
-            _axpy(-h, _axpy(self.beta, momentum, grad), y.params), momentum
-        )
+        return MomentumState(_axpy(-h, _axpy(self.beta, momentum, grad), y.params), momentum)
 
     def init(self, params: Y, args: Args = None) -> MomentumState:
         del args
@@ -246,9 +240,7 @@ class Adam(AbstractStepMap):
     def __check_init__(self):
         for name in ("b1", "b2"):
             if not 0 <= float(getattr(self, name)) < 1:
-                raise ValueError(
-                    f"`{name}` must lie in [0, 1), got {float(getattr(self, name))}."
-                )
+                raise ValueError(f"`{name}` must lie in [0, 1), got {float(getattr(self, name))}.")
         if float(self.eps) < 0:
             raise ValueError(f"`eps` must be non-negative, got {float(self.eps)}.")
 
@@ -263,9 +255,7 @@ class Adam(AbstractStepMap):
         else:
             count, mu_hat, nu_hat = None, mu, nu
         params = jtu.tree_map(
-            lambda p, m, v: (
-                p - h * m / _preconditioned(v, self.eps, self.eps_inside_sqrt)
-            ),
+            lambda p, m, v: p - h * m / _preconditioned(v, self.eps, self.eps_inside_sqrt),
             y.params,
             mu_hat,
             nu_hat,
@@ -315,9 +305,7 @@ class RMSProp(AbstractStepMap):
         grad = jax.grad(self.loss)(y.params, args)
         nu = jtu.tree_map(lambda v, g: self.rho * v + (1 - self.rho) * g**2, y.nu, grad)
         params = jtu.tree_map(
-            lambda p, g, v: (
-                p - h * g / _preconditioned(v, self.eps, self.eps_inside_sqrt)
-            ),
+            lambda p, g, v: p - h * g / _preconditioned(v, self.eps, self.eps_inside_sqrt),
             y.params,
             grad,
             nu,
@@ -356,9 +344,7 @@ class SimultaneousGD(AbstractStepMap):
         phi, theta = y
         grad_phi = jax.grad(self.loss_phi)((phi, theta), args)[0]
         grad_theta = jax.grad(self.loss_theta)((phi, theta), args)[1]
-        return _axpy(-self.alpha * h, grad_phi, phi), _axpy(
-            -self.lam * h, grad_theta, theta
-        )
+        return _axpy(-self.alpha * h, grad_phi, phi), _axpy(-self.lam * h, grad_theta, theta)
 
 
 class AlternatingGD(AbstractStepMap):
@@ -377,9 +363,7 @@ class AlternatingGD(AbstractStepMap):
 
     def __call__(self, y: tuple[Y, Y], h: RealScalarLike, args: Args) -> tuple[Y, Y]:
         phi, theta = y
-        phi = _axpy(
-            -self.alpha * h, jax.grad(self.loss_phi)((phi, theta), args)[0], phi
-        )
+        phi = _axpy(-self.alpha * h, jax.grad(self.loss_phi)((phi, theta), args)[0], phi)
         grad_theta = jax.grad(self.loss_theta)((phi, theta), args)[1]
         return phi, _axpy(-self.lam * h, grad_theta, theta)
 

@@ -68,15 +68,11 @@ def solve(
             continue
         check_float64_tree(leaf, "y0")
     if not float(t1) > float(t0):
-        raise InputError(
-            f"`t1` must be greater than `t0`; got t0={float(t0)}, t1={float(t1)}."
-        )
+        raise InputError(f"`t1` must be greater than `t0`; got t0={float(t0)}, t1={float(t1)}.")
     if ts is not None:
         ts = jnp.asarray(ts, dtype=jnp.float64)
         if ts.ndim != 1 or np.any(np.diff(np.asarray(ts)) < 0):
-            raise InputError(
-                "`ts` must be a one-dimensional increasing array of times."
-            )
+            raise InputError("`ts` must be a one-dimensional increasing array of times.")
     sol = _diffeqsolve(
         flow,
         y0,

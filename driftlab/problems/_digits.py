@@ -74,9 +74,5 @@ def mlp_digits(
         "b2": jnp.zeros(10),
     }
     data = {"x": jnp.asarray(inputs), "y": jnp.asarray(labels)}
-    loss = (
-        mlp_loss
-        if activation == "tanh"
-        else ft.partial(mlp_loss, activation=activation)
-    )
+    loss = mlp_loss if activation == "tanh" else ft.partial(mlp_loss, activation=activation)
     return Problem(name="mlp", loss=loss, params=params, data=data)

@@ -18,9 +18,7 @@ def bilinear_game_losses():
     def loss_phi(params, data) -> Scalar:
         phi, theta = params
         return (
-            phi @ data["B"] @ theta
-            + 0.5 * phi @ data["P"] @ phi
-            - 0.5 * theta @ data["Q"] @ theta
+            phi @ data["B"] @ theta + 0.5 * phi @ data["P"] @ phi - 0.5 * theta @ data["Q"] @ theta
         )
 
     def loss_theta(params, data) -> Scalar:
@@ -29,9 +27,7 @@ def bilinear_game_losses():
     return loss_phi, loss_theta
 
 
-def bilinear_game(
-    dim: int = 2, *, regularisation: float = 0.0, seed: int = 0
-) -> Problem:
+def bilinear_game(dim: int = 2, *, regularisation: float = 0.0, seed: int = 0) -> Problem:
     """A seeded `dim` x `dim` bilinear (or, with `regularisation > 0`, quadratic) zero-sum game.
 
     `loss` is player one's loss; the pair of losses is `bilinear_game_losses()`.
@@ -45,6 +41,4 @@ def bilinear_game(
         jnp.asarray(rng.standard_normal(dim)),
         jnp.asarray(rng.standard_normal(dim)),
     )
-    return Problem(
-        name="game", loss=bilinear_game_losses()[0], params=params, data=data
-    )
+    return Problem(name="game", loss=bilinear_game_losses()[0], params=params, data=data)

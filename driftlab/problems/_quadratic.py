@@ -15,14 +15,10 @@ def quadratic_loss(y: Float[Array, " n"], data: dict) -> Scalar:
     return 0.5 * y @ data["A"] @ y - data["b"] @ y
 
 
-def random_spectrum_matrix(
-    eigenvalues: np.ndarray, *, seed: int = 0
-) -> Float[np.ndarray, "n n"]:
+def random_spectrum_matrix(eigenvalues: np.ndarray, *, seed: int = 0) -> Float[np.ndarray, "n n"]:
     """A symmetric matrix `Q diag(eigenvalues) Q^T` with a seeded random orthogonal `Q`."""
     eigenvalues = np.asarray(eigenvalues, dtype=np.float64)
-    q, _ = np.linalg.qr(
-        np.random.default_rng(seed).standard_normal((eigenvalues.size,) * 2)
-    )
+    q, _ = np.linalg.qr(np.random.default_rng(seed).standard_normal((eigenvalues.size,) * 2))
     return (q * eigenvalues) @ q.T
 
 
@@ -51,12 +47,10 @@ class QuadraticProblem(AbstractProblem):
     def igr_flow_solution(self, y0, t, h) -> Float[Array, " n"]:
         r"""$e^{-t(A + \frac h2 A^2)} y_0$: the IGR flow, exactly."""
         a = np.asarray(self.A)
-        return jnp.asarray(
-            scipy.linalg.expm(-t * (a + 0.5 * h * a @ a)) @ np.asarray(y0)
-        )
+        return jnp.asarray(scipy.linalg.expm(-t * (a + 0.5 * h * a @ a)) @ np.asarray(y0))
 
     def gd_modified_field_matrix(self, h) -> Float[np.ndarray, "n n"]:
-        r"""$\frac1h \log(I - hA)$: the exact modified field of GD (real for $h\lambda_{max} < 1$)."""
+        r"""$\frac1h \log(I - hA)$: GD's exact modified field (real for $h\lambda_{max} < 1$)."""
         a = np.asarray(self.A)
         return scipy.linalg.logm(np.eye(a.shape[0]) - h * a) / h
 
