@@ -37,17 +37,20 @@ class RoundoffWarning(UserWarning):
     """Some points of a measurement sit at the round-off floor or solver tolerance."""
 
 
-def check_float64_tree(tree, name: str) -> None:
+def check_float64_tree(tree, name: str, *, allow_integer: bool = False) -> None:
     """Raise `InputError` unless every leaf of `tree` is a finite float64 array.
 
-    Only checks concrete values; under `jit` the dtype check still runs, the
-    finiteness check is skipped (values are unknown at trace time).
+    With `allow_integer`, integer leaves (step counts in optimiser state) pass
+    too. Only checks concrete values; under `jit` the dtype check still runs,
+    the finiteness check is skipped (values are unknown at trace time).
     """
     leaves = jtu.tree_leaves(tree)
     if not leaves:
         raise InputError(f"`{name}` has no array leaves; pass a PyTree of float64 arrays.")
     for leaf in leaves:
         dtype = jnp.result_type(leaf)
+        if allow_integer and jnp.issubdtype(dtype, jnp.integer):
+            continue
         if dtype != jnp.float64:
             raise InputError(
                 f"`{name}` has a leaf of dtype {dtype}; driftlab needs float64 "

@@ -7,7 +7,6 @@ import numpy as np
 
 from .._custom_types import Args, RealScalarLike, Y
 from .._errors import (
-    check_float64_tree,
     check_same_structure,
     check_step_size,
     InputError,
@@ -15,6 +14,7 @@ from .._errors import (
 )
 from .._tree import tree_norm, tree_sub
 from ..integrators import AbstractStepMap, advance, iterate, solve
+from ..integrators._iterate import check_state
 from ..integrators._solve import DEFAULT_ATOL, DEFAULT_RTOL
 from ._spectra import stability_index
 
@@ -58,14 +58,9 @@ def _floor(scale, num_steps, rtol, atol, size):
 
 
 def _checked_inputs(step, flow, y0, h):
-    if not isinstance(step, AbstractStepMap):
-        raise InputError(
-            f"`step` must be a driftlab.AbstractStepMap, got {type(step).__name__}; "
-            "subclass AbstractStepMap and implement `__call__(y, h, args)`."
-        )
+    check_state(step, y0)
     if not callable(flow):
         raise InputError("`flow` must be callable as `flow(t, y, args)`.")
-    check_float64_tree(y0, "y0")
     return check_step_size(h)
 
 

@@ -8,6 +8,17 @@ from .._errors import check_float64_tree, check_step_size, InputError
 from ._maps import AbstractStepMap
 
 
+def check_state(step: AbstractStepMap, y: Y, name: str = "y0") -> None:
+    """Check a map's state: float64 parameters; optimiser state float64 or integer counts."""
+    if not isinstance(step, AbstractStepMap):
+        raise InputError(
+            f"`step` must be a driftlab.AbstractStepMap, got {type(step).__name__}; "
+            "subclass AbstractStepMap and implement `__call__(y, h, args)`."
+        )
+    check_float64_tree(y, name, allow_integer=True)
+    check_float64_tree(step.parameters(y), f"the parameters of `{name}`")
+
+
 def iterate(
     step: AbstractStepMap,
     y0: Y,
@@ -33,7 +44,7 @@ def iterate(
     **Raises:** `InputError` for a non-float64 or non-finite `y0`, a bad `h`
     or a negative `n`.
     """
-    check_float64_tree(y0, "y0")
+    check_state(step, y0)
     h = check_step_size(h)
     if not isinstance(n, int) or n < 0:
         raise InputError(f"`n` must be a non-negative integer, got {n!r}.")
@@ -61,7 +72,7 @@ def advance(step: AbstractStepMap, y0: Y, h: RealScalarLike, n: int, args: Args 
     Unlike `iterate`, nothing is stacked and `n` is traced, so changing `n`
     does not recompile.
     """
-    check_float64_tree(y0, "y0")
+    check_state(step, y0)
     h = check_step_size(h)
     if not isinstance(n, int) or n < 0:
         raise InputError(f"`n` must be a non-negative integer, got {n!r}.")

@@ -5,7 +5,7 @@ import jax.tree_util as jtu
 import numpy as np
 
 from .._custom_types import Args, RealScalarLike, Y
-from .._errors import check_float64_tree, InputError, MeasurementError
+from .._errors import check_float64_tree, check_same_structure, InputError, MeasurementError
 
 
 DEFAULT_RTOL = 1e-12
@@ -73,6 +73,8 @@ def solve(
         ts = jnp.asarray(ts, dtype=jnp.float64)
         if ts.ndim != 1 or np.any(np.diff(np.asarray(ts)) < 0):
             raise InputError("`ts` must be a one-dimensional increasing array of times.")
+    field_shape = eqx.filter_eval_shape(flow, jnp.asarray(float(t0)), y0, args)
+    check_same_structure(field_shape, y0, "the flow's output", "y0")
     sol = _diffeqsolve(
         flow,
         y0,

@@ -1,0 +1,250 @@
+"""Drift measurements: the four acceptance slopes on a quadratic and on the MLP, and bad input."""
+
+import json
+import warnings
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import driftlab as dl
+
+from .helpers import small_mlp, small_quadratic
+
+
+QUADRATIC_HS = 2.0 ** -np.arange(2, 8)
+MLP_HS = 2.0 ** -np.arange(2, 8)
+
+
+def _flows(loss):
+    return {"gradient": lambda h: dl.GradientFlow(loss), "igr": lambda h: dl.IGRFlow(loss, h)}
+
+
+@pytest.mark.parametrize(
+    "flow, kind, expected",
+    [
+        ("gradient", "local", 2),
+        ("igr", "local", 3),
+        ("gradient", "global", 1),
+        ("igr", "global", 2),
+    ],
+)
+def test_gd_orders_on_a_quadratic(flow, kind, expected):
+    quad = small_quadratic()
+    estimate = dl.order_of_accuracy(
+        dl.GradientDescent(quad.loss),
+        _flows(quad.loss)[flow],
+        quad.params,
+        QUADRATIC_HS,
+        kind,
+        quad.data,
+        t_end=1.0,
+    )
+    assert estimate.expected == expected
+    assert abs(estimate.slope - expected) < 0.15, str(estimate)
+
+
+@pytest.mark.parametrize(
+    "flow, kind, expected",
+    [
+        ("gradient", "local", 2),
+        ("igr", "local", 3),
+        ("gradient", "global", 1),
+        ("igr", "global", 2),
+    ],
+)
+def test_gd_orders_on_the_mlp(flow, kind, expected):
+    problem = small_mlp()
+    estimate = dl.order_of_accuracy(
+        dl.GradientDescent(problem.loss),
+        _flows(problem.loss)[flow],
+        problem.params,
+        MLP_HS,
+        kind,
+        problem.data,
+        t_end=0.5,
+    )
+    assert estimate.used.sum() >= 6
+    assert abs(estimate.slope - expected) < 0.2, str(estimate)
+
+
+def test_local_error_matches_the_closed_form_on_a_quadratic():
+    quad, h = small_quadratic(), 0.1
+    measured = dl.local_error(
+        dl.GradientDescent(quad.loss), dl.GradientFlow(quad.loss), quad.params, h, quad.data
+    )
+    a, y = np.asarray(quad.A), np.asarray(quad.params)
+    exact = np.linalg.norm((np.eye(len(y)) - h * a) @ y - quad.gradient_flow_solution(y, h))
+    assert measured.error == pytest.approx(exact, rel=1e-8)
+    assert not measured.at_floor
+
+
+def test_global_error_compares_at_a_whole_number_of_steps():
+    quad = small_quadratic()
+    measured = dl.global_error(
+        dl.GradientDescent(quad.loss), dl.GradientFlow(quad.loss), quad.params, 0.3, 1.0, quad.data
+    )
+    assert measured.num_steps == 3 and measured.t == pytest.approx(0.9)
+
+
+def test_drift_starts_at_zero_and_grows_along_the_run():
+    quad = small_quadratic()
+    result = dl.drift(
+        dl.GradientDescent(quad.loss), dl.GradientFlow(quad.loss), quad.params, 0.2, 10, quad.data
+    )
+    assert result.errors[0] == 0.0
+    assert result.times[-1] == pytest.approx(2.0)
+    y, a = np.asarray(quad.params), np.asarray(quad.A)
+    gd = np.linalg.matrix_power(np.eye(len(y)) - 0.2 * a, 10) @ y
+    assert result.errors[-1] == pytest.approx(
+        np.linalg.norm(gd - quad.gradient_flow_solution(y, 2.0)), rel=1e-8
+    )
+
+
+def test_round_off_floor_points_are_excluded_and_reported():
+    quad = small_quadratic()
+    hs = 2.0 ** -np.arange(2, 22, 2)
+    with pytest.warns(dl.RoundoffWarning):
+        estimate = dl.order_of_accuracy(
+            dl.GradientDescent(quad.loss),
+            _flows(quad.loss)["igr"],
+            quad.params,
+            hs,
+            "local",
+            quad.data,
+        )
+    assert not estimate.used.all() and estimate.excluded
+    assert abs(estimate.slope - 3) < 0.15
+
+
+def test_too_few_points_above_the_floor_is_an_error_not_a_slope():
+    quad = small_quadratic()
+    with pytest.raises(dl.MeasurementError, match="floor"):
+        dl.order_of_accuracy(
+            dl.GradientDescent(quad.loss),
+            _flows(quad.loss)["igr"],
+            quad.params,
+            2.0 ** -np.arange(16, 22),
+            "local",
+            quad.data,
+        )
+
+
+def test_estimate_prints_a_table_and_serialises_to_json():
+    quad = small_quadratic()
+    estimate = dl.order_of_accuracy(
+        dl.GradientDescent(quad.loss),
+        _flows(quad.loss)["gradient"],
+        quad.params,
+        QUADRATIC_HS,
+        "local",
+        quad.data,
+    )
+    text = str(estimate)
+    assert "slope" in text and "expected 2" in text and text.count("\n") == len(QUADRATIC_HS) + 2
+    data = json.loads(estimate.to_json())
+    assert data["slope"] == pytest.approx(estimate.slope) and len(data["errors"]) == len(
+        QUADRATIC_HS
+    )
+
+
+def test_unstable_step_sizes_warn():
+    quad = small_quadratic()
+    with pytest.warns(dl.StabilityWarning, match="edge of stability"):
+        dl.order_of_accuracy(
+            dl.GradientDescent(quad.loss),
+            _flows(quad.loss)["gradient"],
+            quad.params,
+            [0.5, 1.0, 2.5],
+            "local",
+            quad.data,
+        )
+
+
+def test_stability_index_is_h_lambda_max_for_gd():
+    problem = small_mlp()
+    lam = dl.lambda_max(problem.loss, problem.params, problem.data)
+    index = dl.stability_index(dl.GradientDescent(problem.loss), problem.params, 0.3, problem.data)
+    assert index == pytest.approx(0.3 * lam, rel=1e-6)
+
+
+def test_lanczos_and_dense_hessian_spectra_agree():
+    problem = small_mlp()
+    dense = dl.hessian_eigenpairs(problem.loss, problem.params, problem.data, k=3, method="dense")
+    lanczos = dl.hessian_eigenpairs(
+        problem.loss, problem.params, problem.data, k=3, method="lanczos"
+    )
+    np.testing.assert_allclose(dense.eigenvalues, lanczos.eigenvalues, rtol=1e-8)
+
+
+# --- bad input ---------------------------------------------------------------------------------
+
+
+def _gd_and_flow():
+    quad = small_quadratic()
+    return quad, dl.GradientDescent(quad.loss), dl.GradientFlow(quad.loss)
+
+
+def test_float32_state_is_refused():
+    quad, step, flow = _gd_and_flow()
+    with pytest.raises(dl.InputError, match="`y0`.*float32"):
+        dl.local_error(step, flow, jnp.asarray(quad.params, jnp.float32), 0.1, quad.data)
+
+
+def test_integer_state_is_refused():
+    quad, step, flow = _gd_and_flow()
+    with pytest.raises(dl.InputError, match="`y0`.*int"):
+        dl.iterate(step, jnp.arange(4), 0.1, 2, quad.data)
+
+
+@pytest.mark.parametrize("h", [0.0, -0.1, float("nan"), float("inf")])
+def test_bad_step_sizes_are_refused(h):
+    quad, step, flow = _gd_and_flow()
+    with pytest.raises(dl.InputError, match="`h`"):
+        dl.local_error(step, flow, quad.params, h, quad.data)
+
+
+def test_non_finite_state_is_refused():
+    quad, step, flow = _gd_and_flow()
+    with pytest.raises(dl.InputError, match="NaN or inf"):
+        dl.local_error(step, flow, quad.params.at[0].set(jnp.nan), 0.1, quad.data)
+
+
+def test_mismatched_pytrees_are_refused():
+    problem = small_mlp()
+    wrong_flow = lambda t, y, args: y["W1"]
+    with pytest.raises(dl.InputError, match="structure|shape"):
+        dl.local_error(
+            dl.GradientDescent(problem.loss), wrong_flow, problem.params, 0.1, problem.data
+        )
+
+
+@pytest.mark.parametrize(
+    "hs, match",
+    [([0.1, 0.05], "at least 3"), ([0.1, 0.09, 0.08], "factor"), ([0.1, -0.1, 0.2], "`hs`")],
+)
+def test_step_grids_that_cannot_fit_a_slope_are_refused(hs, match):
+    quad, step, flow = _gd_and_flow()
+    with pytest.raises(dl.InputError, match=match):
+        dl.order_of_accuracy(step, lambda h: flow, quad.params, hs, "local", quad.data)
+
+
+def test_global_measurement_needs_t_end_and_known_kind():
+    quad, step, flow = _gd_and_flow()
+    with pytest.raises(dl.InputError, match="`t_end`"):
+        dl.order_of_accuracy(step, lambda h: flow, quad.params, QUADRATIC_HS, "global", quad.data)
+    with pytest.raises(dl.InputError, match="`kind`"):
+        dl.order_of_accuracy(step, lambda h: flow, quad.params, QUADRATIC_HS, "medium", quad.data)
+
+
+def test_a_map_that_is_not_a_step_map_is_refused():
+    quad, _, flow = _gd_and_flow()
+    with pytest.raises(dl.InputError, match="`step`"):
+        dl.local_error(lambda y, h, args: y, flow, quad.params, 0.1, quad.data)
+
+
+def test_stable_runs_do_not_warn():
+    quad, step, flow = _gd_and_flow()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        dl.order_of_accuracy(step, lambda h: flow, quad.params, QUADRATIC_HS, "local", quad.data)
