@@ -4,6 +4,7 @@ import difflib
 import math
 from collections.abc import Iterable
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
@@ -87,6 +88,23 @@ def check_same_structure(tree, reference, name: str, reference_name: str) -> Non
                 f"`{name}` has a leaf of shape {jnp.shape(leaf)} where `{reference_name}` "
                 f"has {jnp.shape(ref)}; they must match."
             )
+
+
+def abstract_output(fn, description: str, *inputs):
+    """`fn(*inputs)` evaluated on shapes only; JAX's shape and type errors become `InputError`.
+
+    Catches a loss, map or flow that cannot be applied to the given state and
+    data before anything runs, with a message that says which call failed.
+    """
+    try:
+        return eqx.filter_eval_shape(fn, *inputs)
+    except (TypeError, ValueError, IndexError, KeyError) as error:
+        message = str(error).split("\n--------------------")[0]
+        raise InputError(
+            f"{description} cannot be evaluated on this state and `args` "
+            f"({type(error).__name__}: {message}); check that `y0` and `args` have the "
+            "structure and shapes the loss expects."
+        ) from error
 
 
 def unknown_name_error(kind: str, name: str, valid: Iterable[str]) -> InputError:

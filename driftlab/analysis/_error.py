@@ -127,9 +127,19 @@ def local_error(
     return _compare(step, flow, y0, h, 1, args, rtol, atol)
 
 
+#: The most map steps one global-error measurement may take.
+MAX_STEPS = 10_000_000
+
+
 def _num_steps(step, h, args, t_end) -> int:
     t_end = check_step_size(t_end, "t_end")
-    num_steps = int(round(t_end / float(step.duration(h, args))))
+    ratio = t_end / float(step.duration(h, args))
+    if ratio > MAX_STEPS:
+        raise InputError(
+            f"`t_end` / h = {ratio:.3g} steps is more than {MAX_STEPS:,}; use a larger `h` "
+            "or a shorter `t_end`."
+        )
+    num_steps = int(round(ratio))
     if num_steps < 1:
         raise InputError(f"`t_end` = {t_end:g} is shorter than one step of h = {h:g}.")
     return num_steps

@@ -2,10 +2,29 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
+import numpy as np
 
 from .._custom_types import Args, RealScalarLike, Y
-from .._errors import check_float64_tree, check_step_size, InputError
+from .._errors import (
+    abstract_output,
+    check_float64_tree,
+    check_same_structure,
+    check_step_size,
+    InputError,
+    MeasurementError,
+)
 from ._maps import AbstractStepMap
+
+
+def _check_finite(ys: Y, step: AbstractStepMap, h: float) -> Y:
+    """Raise `MeasurementError` if the iterates overflowed: never hand back a NaN."""
+    if all(np.all(np.isfinite(np.asarray(leaf))) for leaf in jtu.tree_leaves(ys)):
+        return ys
+    raise MeasurementError(
+        f"the iterates of {type(step).__name__} with h={h:g} became non-finite (they "
+        "diverged or overflowed); h is likely beyond the stability edge (h * lambda_max "
+        ">= 2 for GD). Use a smaller `h` or fewer steps."
+    )
 
 
 def check_state(step: AbstractStepMap, y: Y, name: str = "y0") -> None:
@@ -17,6 +36,18 @@ def check_state(step: AbstractStepMap, y: Y, name: str = "y0") -> None:
         )
     check_float64_tree(y, name, allow_integer=True)
     check_float64_tree(step.parameters(y), f"the parameters of `{name}`")
+
+
+def _check_map_output(step: AbstractStepMap, y0: Y, h: float, args: Args) -> None:
+    """The map must return a state of `y0`'s structure, shapes and dtypes (checked abstractly)."""
+    out = abstract_output(step, type(step).__name__, y0, jnp.asarray(h), args)
+    check_same_structure(out, y0, f"the output of {type(step).__name__}", "y0")
+    for new, old in zip(jtu.tree_leaves(out), jtu.tree_leaves(y0)):
+        if new.dtype != jnp.result_type(old):
+            raise InputError(
+                f"{type(step).__name__} turns a {jnp.result_type(old)} leaf of `y0` into "
+                f"{new.dtype}; the loss or map must keep float64 throughout."
+            )
 
 
 def iterate(
@@ -48,7 +79,15 @@ def iterate(
     h = check_step_size(h)
     if not isinstance(n, int) or n < 0:
         raise InputError(f"`n` must be a non-negative integer, got {n!r}.")
-    return _iterate(step, y0, jnp.asarray(h), n, args, args_per_step)
+    if args_per_step:
+        lengths = {jnp.shape(leaf)[0] if jnp.ndim(leaf) else None for leaf in jtu.tree_leaves(args)}
+        if lengths != {n}:
+            raise InputError(
+                f"with `args_per_step=True`, every leaf of `args` needs a leading axis of "
+                f"length n={n}; got leading lengths {lengths}."
+            )
+    _check_map_output(step, y0, h, jtu.tree_map(lambda x: x[0], args) if args_per_step else args)
+    return _check_finite(_iterate(step, y0, jnp.asarray(h), n, args, args_per_step), step, h)
 
 
 @eqx.filter_jit
@@ -76,4 +115,5 @@ def advance(step: AbstractStepMap, y0: Y, h: RealScalarLike, n: int, args: Args 
     h = check_step_size(h)
     if not isinstance(n, int) or n < 0:
         raise InputError(f"`n` must be a non-negative integer, got {n!r}.")
-    return _advance(step, y0, jnp.asarray(h), jnp.asarray(n), args)
+    _check_map_output(step, y0, h, args)
+    return _check_finite(_advance(step, y0, jnp.asarray(h), jnp.asarray(n), args), step, h)

@@ -5,7 +5,13 @@ import jax.tree_util as jtu
 import numpy as np
 
 from .._custom_types import Args, RealScalarLike, Y
-from .._errors import check_float64_tree, check_same_structure, InputError, MeasurementError
+from .._errors import (
+    abstract_output,
+    check_float64_tree,
+    check_same_structure,
+    InputError,
+    MeasurementError,
+)
 
 
 DEFAULT_RTOL = 1e-12
@@ -28,6 +34,41 @@ def _diffeqsolve(flow, y0, t0, t1, ts, args, rtol, atol, max_steps):
         max_steps=max_steps,
         throw=False,
     )
+
+
+def _last_finite_point(flow, y0, t0, t1, args, rtol, atol, max_steps):
+    """Where a failed solve was last finite: the time and state norm on a grid of 65 times."""
+    ts = jnp.linspace(float(t0), float(t1), 65)
+    sol = _diffeqsolve(flow, y0, ts[0], ts[-1], ts, args, rtol, atol, max_steps)
+    norms = np.asarray(
+        sum(
+            jnp.sum(jnp.abs(leaf.reshape(ts.size, -1)) ** 2, axis=1)
+            for leaf in jtu.tree_leaves(sol.ys)
+        )
+    )
+    finite = np.flatnonzero(np.isfinite(norms))
+    last = finite[-1] if finite.size else 0
+    return float(ts[last]), float(np.sqrt(norms[last]))
+
+
+class _ComplexAsReal(eqx.Module):
+    """A flow on a complex state seen as a flow on its `(real, imaginary)` parts.
+
+    diffrax's complex support is experimental (it warns); splitting is exact.
+    """
+
+    flow: object
+
+    def __call__(self, t, y, args):
+        return _split_complex(self.flow(t, _merge_complex(y), args))
+
+
+def _split_complex(tree):
+    return jtu.tree_map(jnp.real, tree), jtu.tree_map(jnp.imag, tree)
+
+
+def _merge_complex(pair):
+    return jtu.tree_map(lambda re, im: re + 1j * im, *pair)
 
 
 def solve(
@@ -73,8 +114,11 @@ def solve(
         ts = jnp.asarray(ts, dtype=jnp.float64)
         if ts.ndim != 1 or np.any(np.diff(np.asarray(ts)) < 0):
             raise InputError("`ts` must be a one-dimensional increasing array of times.")
-    field_shape = eqx.filter_eval_shape(flow, jnp.asarray(float(t0)), y0, args)
+    field_shape = abstract_output(flow, type(flow).__name__, jnp.asarray(float(t0)), y0, args)
     check_same_structure(field_shape, y0, "the flow's output", "y0")
+    complex_state = any(jnp.iscomplexobj(leaf) for leaf in jtu.tree_leaves(y0))
+    if complex_state:
+        flow, y0 = _ComplexAsReal(flow), _split_complex(y0)
     sol = _diffeqsolve(
         flow,
         y0,
@@ -87,11 +131,13 @@ def solve(
         max_steps,
     )
     if not bool(sol.result == diffrax.RESULTS.successful):
+        t_last, norm_last = _last_finite_point(flow, y0, t0, t1, args, rtol, atol, max_steps)
         raise MeasurementError(
             f"the diffrax solve of {type(flow).__name__} from t0={float(t0)} to "
-            f"t1={float(t1)} failed after {int(sol.stats['num_steps'])} steps: "
-            f"{sol.result}. If the flow blows up, its solution does not exist up "
-            "to `t1`; otherwise raise `max_steps` or loosen `rtol`/`atol`."
+            f"t1={float(t1)} failed after {int(sol.stats['num_steps'])} steps "
+            f"({diffrax.RESULTS[sol.result]!s}). The solution was last seen at t={t_last:.6g} "
+            f"with norm {norm_last:.6g}. If it blows up, the flow's solution does not "
+            "exist up to `t1`; otherwise raise `max_steps` or loosen `rtol`/`atol`."
         )
-    ys = sol.ys
+    ys = _merge_complex(sol.ys) if complex_state else sol.ys
     return jtu.tree_map(lambda leaf: leaf[-1], ys) if ts is None else ys
