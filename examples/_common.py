@@ -1,0 +1,50 @@
+"""What every gallery example shares: its command line, its outputs and its verdict."""
+
+import argparse
+import os
+import sys
+import time
+
+from driftlab._io import machine_info, write_json_atomic
+
+
+VERDICTS = ("reproduced", "partly reproduced", "not reproduced")
+
+
+def parse_args(name: str, description: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog=f"python -m examples.{name}", description=description)
+    parser.add_argument(
+        "--quick", action="store_true", help="reduced sizes, for the smoke test (seconds)"
+    )
+    parser.add_argument(
+        "--output", default=os.path.join("docs", "gallery", name), help="figures and JSON go here"
+    )
+    return parser.parse_args()
+
+
+def progress(message: str) -> None:
+    print(f"  {message}", file=sys.stderr, flush=True)
+
+
+def finish(name: str, args, claim: str, checks: dict[str, bool], numbers: dict, start: float):
+    """Print the verdict (all checks hold / some / none) with its evidence, and write the JSON."""
+    held = sum(checks.values())
+    verdict = VERDICTS[0] if held == len(checks) else VERDICTS[1] if held else VERDICTS[2]
+    print(f"\nclaim: {claim}")
+    for check, ok in checks.items():
+        print(f"  [{'x' if ok else ' '}] {check}")
+    print(f"verdict: {verdict}")
+    write_json_atomic(
+        {
+            "example": name,
+            "claim": claim,
+            "quick": args.quick,
+            "checks": checks,
+            "verdict": verdict,
+            "numbers": numbers,
+            "seconds": time.perf_counter() - start,
+            "machine": machine_info(),
+        },
+        os.path.join(args.output, "results.json"),
+    )
+    return verdict
