@@ -107,6 +107,15 @@ def abstract_output(fn, description: str, *inputs):
         ) from error
 
 
+def runtime_error_message(error: Exception) -> str:
+    """The message of an `eqx.error_if` check that fired in compiled code, minus JAX's frame."""
+    text = str(error)
+    marker = "EquinoxRuntimeError: "
+    if marker in text:
+        text = text.split(marker, 1)[1]
+    return text.split("\n\n-------------------", 1)[0].strip()
+
+
 def unknown_name_error(kind: str, name: str, valid: Iterable[str]) -> InputError:
     """An `InputError` for an unknown registry name, listing the valid ones."""
     valid = sorted(valid)

@@ -140,6 +140,7 @@ def order_of_accuracy(
     rtol: float = DEFAULT_RTOL,
     atol: float = DEFAULT_ATOL,
     check_stability: bool = True,
+    on_slow_manifold: bool = True,
     progress: Callable[[int, int, float], None] | None = None,
 ) -> OrderEstimate:
     r"""Measure the order of accuracy of `make_flow(h)` against `step` over the grid `hs`.
@@ -157,6 +158,9 @@ def order_of_accuracy(
       measurement (required then).
     - `expected`: the slope to compare with; defaults to the flow's `order`
       plus 2 (local) or 1 (global).
+    - `on_slow_manifold`: start the map, at each `h`, from
+      `make_flow(h).slow_state(params(y0), args)` where the flow defines one
+      (momentum and adaptive maps), as `local_error` does.
     - `check_stability`: measure the stability index at the largest `h` and
       warn (`StabilityWarning`) at 2 or beyond.
     - `progress`: called as `progress(i, len(hs), h)` after each point.
@@ -184,7 +188,9 @@ def order_of_accuracy(
         h = float(h)
         flow = first_flow if i == 0 else make_flow(h)
         num_steps = 1 if kind == "local" else _num_steps(step, h, args, t_end)
-        measurements.append(_compare(step, flow, y0, h, num_steps, args, rtol, atol))
+        measurements.append(
+            _compare(step, flow, y0, h, num_steps, args, rtol, atol, on_slow_manifold)
+        )
         if progress is not None:
             progress(i + 1, grid.size, h)
     errors = np.array([m.error for m in measurements])

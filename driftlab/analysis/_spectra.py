@@ -25,7 +25,14 @@ class HessianSpectrum(eqx.Module):
 def _ravelled_hvp(loss, params, args):
     flat, unravel = ravel_pytree(params)
     grad_flat = lambda x: ravel_pytree(jax.grad(loss)(unravel(x), args))[0]
-    hvp = jax.jit(lambda v: jax.jvp(grad_flat, (flat,), (v,))[1])
+    # The point and the data are arguments, not constants: XLA would spend seconds
+    # folding a large model's constants into the compiled product.
+    product = eqx.filter_jit(
+        lambda x, v, data: jax.jvp(
+            lambda z: ravel_pytree(jax.grad(loss)(unravel(z), data))[0], (x,), (v,)
+        )[1]
+    )
+    hvp = lambda v: product(flat, v, args)
     return flat, grad_flat, hvp
 
 
@@ -94,7 +101,12 @@ def stability_index(step, y: Y, h: RealScalarLike, args: Args = None) -> float:
     if n <= DENSE_LIMIT:
         jacobian = np.asarray(jax.jacfwd(displacement)(flat))
         return float(np.max(np.abs(np.linalg.eigvals(jacobian))))
-    jvp = jax.jit(lambda v: jax.jvp(displacement, (flat,), (v,))[1])
+    product = eqx.filter_jit(
+        lambda x, v, data: jax.jvp(
+            lambda z: ravel_pytree(step(unravel(z), h, data))[0] - z, (x,), (v,)
+        )[1]
+    )
+    jvp = lambda v: product(flat, v, args)
     operator = scipy.sparse.linalg.LinearOperator(
         (n, n),
         matvec=lambda v: np.asarray(jvp(jnp.asarray(v, jnp.float64))),

@@ -28,6 +28,18 @@ class AbstractFlow(eqx.Module):
     def __call__(self, t: RealScalarLike, y: Y, args: Args) -> Y:
         """**Returns:** $f_h(y)$, with the PyTree structure of `y`."""
 
+    def slow_state(self, params: Y, args: Args) -> Y | None:
+        r"""The optimiser state over `params` on this flow's slow manifold, or `None`.
+
+        Maps with auxiliary state (momentum, Adam moments) follow a flow of the
+        parameters only once that state is slaved to them; flows of such maps
+        return the full map state there, and the measurements in
+        `driftlab.analysis` start the map from it. `None` (the default) means the
+        flow has no auxiliary state to place: the given state is used as it is.
+        """
+        del params, args
+        return None
+
     def modified_loss(self, y: Y, args: Args) -> Scalar:
         r"""The modified loss $\tilde L_h$ with $f_h = -\nabla \tilde L_h$, where one exists."""
         del y, args

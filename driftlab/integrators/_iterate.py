@@ -38,9 +38,12 @@ def check_state(step: AbstractStepMap, y: Y, name: str = "y0") -> None:
     check_float64_tree(step.parameters(y), f"the parameters of `{name}`")
 
 
-def _check_map_output(step: AbstractStepMap, y0: Y, h: float, args: Args) -> None:
-    """The map must return a state of `y0`'s structure, shapes and dtypes (checked abstractly)."""
-    out = abstract_output(step, type(step).__name__, y0, jnp.asarray(h), args)
+def _check_map_output(step: AbstractStepMap, y0: Y, h, args: Args) -> None:
+    """The map must return a state of `y0`'s structure, shapes and dtypes.
+
+    Called while tracing, so it costs nothing once compiled.
+    """
+    out = abstract_output(step, type(step).__name__, y0, h, args)
     check_same_structure(out, y0, f"the output of {type(step).__name__}", "y0")
     for new, old in zip(jtu.tree_leaves(out), jtu.tree_leaves(y0)):
         if new.dtype != jnp.result_type(old):
@@ -86,12 +89,13 @@ def iterate(
                 f"with `args_per_step=True`, every leaf of `args` needs a leading axis of "
                 f"length n={n}; got leading lengths {lengths}."
             )
-    _check_map_output(step, y0, h, jtu.tree_map(lambda x: x[0], args) if args_per_step else args)
     return _check_finite(_iterate(step, y0, jnp.asarray(h), n, args, args_per_step), step, h)
 
 
 @eqx.filter_jit
 def _iterate(step, y0, h, n, args, args_per_step):
+    _check_map_output(step, y0, h, jtu.tree_map(lambda x: x[0], args) if args_per_step else args)
+
     def body(y, batch):
         y_next = step(y, h, batch if args_per_step else args)
         return y_next, y_next
@@ -102,6 +106,7 @@ def _iterate(step, y0, h, n, args, args_per_step):
 
 @eqx.filter_jit
 def _advance(step, y0, h, n, args):
+    _check_map_output(step, y0, h, args)
     return jax.lax.fori_loop(0, n, lambda _, y: step(y, h, args), y0)
 
 
@@ -115,5 +120,4 @@ def advance(step: AbstractStepMap, y0: Y, h: RealScalarLike, n: int, args: Args 
     h = check_step_size(h)
     if not isinstance(n, int) or n < 0:
         raise InputError(f"`n` must be a non-negative integer, got {n!r}.")
-    _check_map_output(step, y0, h, args)
     return _check_finite(_advance(step, y0, jnp.asarray(h), jnp.asarray(n), args), step, h)

@@ -11,6 +11,7 @@ from .._errors import (
     check_same_structure,
     InputError,
     MeasurementError,
+    runtime_error_message,
 )
 
 
@@ -20,6 +21,9 @@ DEFAULT_ATOL = 1e-12
 
 @eqx.filter_jit
 def _diffeqsolve(flow, y0, t0, t1, ts, args, rtol, atol, max_steps):
+    # At trace time only (once per compilation): the flow must return y0's structure.
+    field_shape = abstract_output(flow, type(flow).__name__, t0, y0, args)
+    check_same_structure(field_shape, y0, "the flow's output", "y0")
     saveat = diffrax.SaveAt(t1=True) if ts is None else diffrax.SaveAt(ts=ts)
     return diffrax.diffeqsolve(
         diffrax.ODETerm(flow),
@@ -114,22 +118,23 @@ def solve(
         ts = jnp.asarray(ts, dtype=jnp.float64)
         if ts.ndim != 1 or np.any(np.diff(np.asarray(ts)) < 0):
             raise InputError("`ts` must be a one-dimensional increasing array of times.")
-    field_shape = abstract_output(flow, type(flow).__name__, jnp.asarray(float(t0)), y0, args)
-    check_same_structure(field_shape, y0, "the flow's output", "y0")
     complex_state = any(jnp.iscomplexobj(leaf) for leaf in jtu.tree_leaves(y0))
     if complex_state:
         flow, y0 = _ComplexAsReal(flow), _split_complex(y0)
-    sol = _diffeqsolve(
-        flow,
-        y0,
-        jnp.asarray(float(t0)),
-        jnp.asarray(float(t1)),
-        ts,
-        args,
-        rtol,
-        atol,
-        max_steps,
-    )
+    try:
+        sol = _diffeqsolve(
+            flow,
+            y0,
+            jnp.asarray(float(t0)),
+            jnp.asarray(float(t1)),
+            ts,
+            args,
+            rtol,
+            atol,
+            max_steps,
+        )
+    except eqx.EquinoxRuntimeError as error:
+        raise MeasurementError(f"{type(flow).__name__}: {runtime_error_message(error)}") from None
     if not bool(sol.result == diffrax.RESULTS.successful):
         t_last, norm_last = _last_finite_point(flow, y0, t0, t1, args, rtol, atol, max_steps)
         raise MeasurementError(
