@@ -13,6 +13,7 @@ from . import (
     analysis as analysis,
     flows as flows,
     integrators as integrators,
+    optim as optim,
     problems as problems,
 )
 from ._errors import (
@@ -25,7 +26,9 @@ from ._errors import (
 from .analysis import (
     drift as drift,
     global_error as global_error,
+    GradientStructure as GradientStructure,
     hessian_eigenpairs as hessian_eigenpairs,
+    is_gradient_field as is_gradient_field,
     lambda_max as lambda_max,
     local_error as local_error,
     order_of_accuracy as order_of_accuracy,
@@ -34,8 +37,21 @@ from .analysis import (
 )
 from .flows import (
     AbstractFlow as AbstractFlow,
+    AdamFlow as AdamFlow,
+    AlternatingGameFlow as AlternatingGameFlow,
+    CorrectedField as CorrectedField,
+    DrivenStepMap as DrivenStepMap,
+    ExactBatchSGDFlow as ExactBatchSGDFlow,
     GradientFlow as GradientFlow,
+    HeavyBallFlow as HeavyBallFlow,
+    igr_loss as igr_loss,
     IGRFlow as IGRFlow,
+    ModifiedFlow as ModifiedFlow,
+    PrincipalFlow as PrincipalFlow,
+    RMSPropFlow as RMSPropFlow,
+    sgd_loss as sgd_loss,
+    SGDFlow as SGDFlow,
+    SimultaneousGameFlow as SimultaneousGameFlow,
 )
 from .integrators import (
     AbstractStepMap as AbstractStepMap,

@@ -9,7 +9,19 @@ from collections.abc import Callable
 
 from . import problems as _problems
 from ._errors import unknown_name_error
-from .flows import GradientFlow, IGRFlow
+from .flows import (
+    AdamFlow,
+    AlternatingGameFlow,
+    ExactBatchSGDFlow,
+    GradientFlow,
+    HeavyBallFlow,
+    IGRFlow,
+    ModifiedFlow,
+    PrincipalFlow,
+    RMSPropFlow,
+    SGDFlow,
+    SimultaneousGameFlow,
+)
 from .integrators import (
     Adam,
     AlternatingGD,
@@ -67,6 +79,26 @@ OPTIMISERS: dict[str, Callable] = {
 FLOWS: dict[str, Callable] = {
     "gradient": lambda problem, step, h, order: GradientFlow(problem.loss),
     "igr": lambda problem, step, h, order: IGRFlow(problem.loss, h),
+    "modified": lambda problem, step, h, order: ModifiedFlow(step, h, order),
+    "sgd": lambda problem, step, h, order: SGDFlow(problem.loss, h),
+    "exact-batch-sgd": lambda problem, step, h, order: ExactBatchSGDFlow(problem.loss, h),
+    "principal": lambda problem, step, h, order: PrincipalFlow(problem.loss, h),
+    "principal-lanczos": lambda problem, step, h, order: PrincipalFlow(
+        problem.loss, h, method="lanczos", k=10
+    ),
+    "simultaneous-game": lambda problem, step, h, order: SimultaneousGameFlow(
+        step.loss_phi, step.loss_theta, h, step.alpha, step.lam
+    ),
+    "alternating-game": lambda problem, step, h, order: AlternatingGameFlow(
+        step.loss_phi, step.loss_theta, h, step.alpha, step.lam
+    ),
+    "heavy-ball": lambda problem, step, h, order: HeavyBallFlow(problem.loss, h, step.beta),
+    "adam": lambda problem, step, h, order: AdamFlow(
+        problem.loss, h, step.b1, step.b2, step.eps, step.eps_inside_sqrt
+    ),
+    "rmsprop": lambda problem, step, h, order: RMSPropFlow(
+        problem.loss, h, step.rho, step.eps, step.eps_inside_sqrt
+    ),
 }
 
 

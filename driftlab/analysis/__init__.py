@@ -7,6 +7,10 @@ from ._error import (
     global_error as global_error,
     local_error as local_error,
 )
+from ._gradient_structure import (
+    GradientStructure as GradientStructure,
+    is_gradient_field as is_gradient_field,
+)
 from ._order import (
     order_of_accuracy as order_of_accuracy,
     OrderEstimate as OrderEstimate,

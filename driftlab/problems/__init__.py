@@ -13,6 +13,7 @@ from ._games import (
 from ._problem import AbstractProblem as AbstractProblem, Problem as Problem
 from ._quadratic import (
     quadratic as quadratic,
+    quadratic_batches as quadratic_batches,
     quadratic_loss as quadratic_loss,
     QuadraticProblem as QuadraticProblem,
     random_spectrum_matrix as random_spectrum_matrix,

@@ -78,3 +78,23 @@ def quadratic(
         data={"A": a, "b": jnp.zeros(dim)},
         A=a,
     )
+
+
+def quadratic_batches(
+    dim: int = 4, num_batches: int = 3, *, seed: int = 0, linear_terms: bool = False
+) -> tuple[np.ndarray, dict]:
+    r"""A stack of minibatch quadratics $L_k(y) = \frac12 y^\top A_k y - b_k^\top y$.
+
+    Each $A_k = X_k X_k^\top / \text{dim} + 0.1 I$ is a different seeded
+    positive-definite matrix, so SGD's epoch map is a product of different
+    linear maps and its exact modified field is a matrix logarithm.
+    `linear_terms=False` sets every $b_k = 0$.
+
+    **Returns:** `(matrices, batches)`: the $A_k$ as a numpy array, and the stack
+    `{"A": ..., "b": ...}` with a leading batch axis, as `driftlab.SGDEpoch` takes.
+    """
+    rng = np.random.default_rng(seed)
+    factors = rng.standard_normal((num_batches, dim, dim))
+    matrices = factors @ factors.transpose(0, 2, 1) / dim + 0.1 * np.eye(dim)
+    b = rng.standard_normal((num_batches, dim)) if linear_terms else np.zeros((num_batches, dim))
+    return matrices, {"A": jnp.asarray(matrices), "b": jnp.asarray(b)}

@@ -1,0 +1,218 @@
+"""The principal flow of gradient descent (Rosca, Wu, Qin & Dherin 2023): dense and Lanczos."""
+
+from collections.abc import Callable
+from typing import ClassVar
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.tree_util as jtu
+from jax.flatten_util import ravel_pytree
+from jaxtyping import Array, Float
+
+from .._custom_types import Args, RealScalarLike, Scalar, Y
+from .._errors import InputError
+from ._base import AbstractFlow
+
+
+Loss = Callable[[Y, Args], Scalar]
+
+#: `|1 - h lambda|` at or below this counts as `h lambda = 1`, where the flow does not exist.
+SINGULAR_TOLERANCE = 1e-12
+#: Below this `|h lambda|`, `log(1 - x)/x` is evaluated by its series `-1 - x/2 - x^2/3`.
+_SERIES_BELOW = 1e-5
+
+
+def principal_coefficient(x: Array, *, complex_: bool) -> Array:
+    r"""$c(x) = \log(1 - x)/x$ (principal branch), with $c(0) = -1$ by continuity.
+
+    Real when `complex_` is false (then only $x < 1$ is meaningful); else complex,
+    $c(x) = (\log(x - 1) + i\pi)/x$ for $x > 1$.
+    """
+    small = jnp.abs(x) < _SERIES_BELOW
+    safe = jnp.where(small, 0.5, x)
+    if complex_:
+        value = jnp.log((1 - safe).astype(jnp.complex128)) / safe
+    else:
+        value = jnp.log1p(-safe) / safe
+    return jnp.where(small, -1 - x / 2 - x**2 / 3, value)
+
+
+def lanczos(hvp: Callable[[Array], Array], start: Array, num_iterations: int):
+    r"""`num_iterations` steps of Lanczos with full reorthogonalisation, jittable.
+
+    **Returns:** `(ritz_values, ritz_vectors)`, ascending, with the Ritz vectors as
+    columns, from the Krylov space $\mathcal K(H, \text{start})$. If the Krylov
+    space is exhausted early, the extra Ritz vectors are zero.
+    """
+    n = start.size
+    norm0 = jnp.linalg.norm(start)
+    q0 = jnp.where(norm0 > 0, start / jnp.where(norm0 > 0, norm0, 1.0), 0.0)
+
+    def body(j, carry):
+        basis, alphas, betas, q, q_prev, beta_prev, scale = carry
+        basis = basis.at[j].set(q)
+        w = hvp(q)
+        alpha = q @ w
+        w = w - alpha * q - beta_prev * q_prev
+        w = w - basis.T @ (basis @ w)
+        w = w - basis.T @ (basis @ w)
+        beta = jnp.linalg.norm(w)
+        scale = jnp.maximum(scale, jnp.abs(alpha) + beta)
+        alive = beta > 1e-10 * scale
+        q_next = jnp.where(alive, w / jnp.where(alive, beta, 1.0), 0.0)
+        beta = jnp.where(alive, beta, 0.0)
+        return basis, alphas.at[j].set(alpha), betas.at[j].set(beta), q_next, q, beta, scale
+
+    carry = (
+        jnp.zeros((num_iterations, n), start.dtype),
+        jnp.zeros(num_iterations, start.dtype),
+        jnp.zeros(num_iterations, start.dtype),
+        q0,
+        jnp.zeros_like(q0),
+        jnp.zeros((), start.dtype),
+        jnp.zeros((), start.dtype),
+    )
+    basis, alphas, betas = jax.lax.fori_loop(0, num_iterations, body, carry)[:3]
+    tridiagonal = jnp.diag(alphas) + jnp.diag(betas[:-1], 1) + jnp.diag(betas[:-1], -1)
+    values, vectors = jnp.linalg.eigh(tridiagonal)
+    return values, basis.T @ vectors
+
+
+class PrincipalFlow(AbstractFlow):
+    r"""The principal flow of gradient descent (Rosca, Wu, Qin & Dherin 2023).
+
+    $$\dot\theta = \sum_i \frac{\log(1 - h\lambda_i)}{h\lambda_i}\,(g\cdot u_i)\,u_i,$$
+
+    with $(\lambda_i, u_i)$ the eigenpairs of $H = \nabla^2 L(\theta)$ and
+    $g = \nabla L(\theta)$; $\lambda_i = 0$ contributes its limit $-g\cdot u_i$.
+    On a quadratic it is $\frac1h\log(I - hA)\,(\theta - \theta^*)$, whose time-$nh$
+    flow is exactly $(I - hA)^n$: GD's iterates lie on it for every $h$. When some
+    $h\lambda_i > 1$ the coefficient is complex ($\log(h\lambda_i - 1) + i\pi$,
+    principal branch): pass a complex128 state; its values at multiples of $h$
+    are GD's real iterates (on a quadratic), so it follows GD's oscillation and
+    its divergence beyond $h\lambda = 2$. At $h\lambda_i = 1$ exactly the flow
+    does not exist (GD removes that direction in one step): the field raises.
+
+    Expanding $\log(1-x)/x = -1 - x/2 - x^2/3 - \cdots$ gives $-g - \frac h2 Hg -
+    \frac{h^2}3 H^2 g - \cdots$: it agrees with GD's modified flow through order 1
+    (`order = 1`) and keeps, to all orders, the terms that do not involve third
+    derivatives of $L$.
+
+    For a complex state $\theta = x + iz$ the gradient is continued holomorphically
+    to first order about the real part, $g(x + iz) \approx g(x) + iH(x)z$, exact on
+    quadratics; the eigenpairs are those of $H(x)$.
+
+    **Methods** (`method`):
+
+    - `"dense"`: forms $H$ and diagonalises it at every evaluation (small models).
+    - `"lanczos"`: matrix-free. Runs `num_iterations` Lanczos steps on
+      Hessian-vector products started from the vector $v$ the field acts on
+      ($v = g$), takes the `k` largest Ritz pairs $(\lambda_j, u_j)$ as the
+      principal part, and treats the remainder to first order in $h$, i.e. with
+      $\log(1-x)/x \approx -1 - x/2$ (IGR):
+
+      $$\dot\theta = -v - \frac h2 Hv + \sum_{j\le k}\Big[\frac{\log(1-h\lambda_j)}{h\lambda_j}
+      + 1 + \frac{h\lambda_j}2\Big](v\cdot u_j)\,u_j .$$
+
+      For exact eigenpairs this is
+      $\sum_{j\le k} c(h\lambda_j)(v\cdot u_j)u_j - v_\perp - \frac h2Hv_\perp$ with
+      $v_\perp = v - \sum_{j\le k}(v\cdot u_j)u_j$; written as above, its order-0
+      and order-1 parts are exact ($-g - \frac h2 Hg$, GD's) even when the Ritz
+      pairs have not converged, and the bracket is $O(h^2\lambda_j^2)$. The
+      remainder's error is $\frac{h^2}{3}\|H^2 v_\perp\| + \cdots$. With `k = 0`
+      the field is IGR's; with `k = num_iterations = n`, the dense field.
+      Cost per evaluation: one gradient and `num_iterations + 1` Hessian-vector
+      products (twice that for a complex state). `num_iterations` defaults to
+      `max(2k, k + 10)`.
+
+    ??? cite "Reference"
+        ```bibtex
+        @article{rosca2023continuous,
+          title={On a continuous time model of gradient descent dynamics and
+                 instability in deep learning},
+          author={Rosca, Mihaela and Wu, Yan and Qin, Chongli and Dherin, Benoit},
+          journal={Transactions on Machine Learning Research},
+          year={2023}
+        }
+        ```
+    """
+
+    loss: Loss
+    h: Float[Array, ""] = eqx.field(converter=jnp.asarray)
+    method: str = eqx.field(static=True, default="dense")
+    k: int = eqx.field(static=True, default=10)
+    num_iterations: int | None = eqx.field(static=True, default=None)
+    order: ClassVar[int] = 1
+
+    def __check_init__(self):
+        if self.method not in ("dense", "lanczos"):
+            raise InputError(f"`method` must be 'dense' or 'lanczos', got {self.method!r}.")
+        if not isinstance(self.k, int) or self.k < 0:
+            raise InputError(f"`k` must be a non-negative integer, got {self.k!r}.")
+        if self.num_iterations is not None and self.num_iterations < max(self.k, 1):
+            raise InputError(
+                f"`num_iterations` ({self.num_iterations}) must be at least `k` ({self.k})."
+            )
+
+    def _apply(self, eigenvalues, eigenvectors, vector, complex_: bool, shift=0.0):
+        x = self.h * eigenvalues
+        if complex_:
+            singular = jnp.any(jnp.abs(1 - x) <= SINGULAR_TOLERANCE)
+        else:
+            singular = jnp.any(x >= 1 - SINGULAR_TOLERANCE)
+        coefficients = principal_coefficient(x, complex_=complex_) + shift
+        projection = eigenvectors.T @ vector
+        return eigenvectors @ (coefficients * projection), singular
+
+    def _field_dense(self, grad_flat, x, vectors, complex_):
+        hessian = jax.jacfwd(grad_flat)(x)
+        eigenvalues, eigenvectors = jnp.linalg.eigh(0.5 * (hessian + hessian.T))
+        outs = [self._apply(eigenvalues, eigenvectors, v, complex_) for v in vectors]
+        return [o[0] for o in outs], [o[1] for o in outs]
+
+    def _field_lanczos(self, hvp, vectors, complex_):
+        num_iterations = self.num_iterations or max(2 * self.k, self.k + 10)
+        num_iterations = min(num_iterations, vectors[0].size)
+        k = min(self.k, num_iterations)
+        fields, flags = [], []
+        for v in vectors:
+            values, ritz = lanczos(hvp, v, num_iterations)
+            values, ritz = values[num_iterations - k :], ritz[:, num_iterations - k :]
+            x = self.h * values
+            correction, singular = self._apply(values, ritz, v, complex_, shift=1 + x / 2)
+            fields.append(correction - v - 0.5 * self.h * hvp(v))
+            flags.append(singular)
+        return fields, flags
+
+    def __call__(self, t: RealScalarLike, y: Y, args: Args) -> Y:
+        del t
+        complex_ = any(jnp.iscomplexobj(leaf) for leaf in jtu.tree_leaves(y))
+        x, unravel_real = ravel_pytree(jtu.tree_map(jnp.real, y))
+        grad_flat = lambda p: ravel_pytree(jax.grad(self.loss)(unravel_real(p), args))[0]
+        grad, hvp = jax.linearize(grad_flat, x)
+        vectors = [grad]
+        if complex_:
+            vectors.append(hvp(ravel_pytree(jtu.tree_map(jnp.imag, y))[0]))
+        if self.method == "dense":
+            fields, flags = self._field_dense(grad_flat, x, vectors, complex_)
+        else:
+            fields, flags = self._field_lanczos(hvp, vectors, complex_)
+        field = fields[0] + 1j * fields[1] if complex_ else fields[0]
+        if complex_:
+            field = eqx.error_if(
+                field,
+                jnp.any(jnp.stack(flags)),
+                "PrincipalFlow: h * lambda_i = 1 for an eigenvalue of the Hessian; the "
+                "principal flow does not exist there (log(1 - h lambda) = -inf).",
+            )
+        else:
+            field = eqx.error_if(
+                field,
+                jnp.any(jnp.stack(flags)),
+                "PrincipalFlow: h * lambda_i >= 1 for an eigenvalue of the Hessian, where "
+                "the field is complex (or, at h * lambda_i = 1, does not exist); pass a "
+                "complex128 state, e.g. `y0.astype(jnp.complex128)`.",
+            )
+        _, unravel = ravel_pytree(y)
+        return unravel(field)
