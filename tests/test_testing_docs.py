@@ -1,0 +1,15 @@
+"""The code blocks of docs/testing.md run, in order, as one script."""
+
+import pathlib
+import re
+
+
+DOC = pathlib.Path(__file__).parent.parent / "docs" / "testing.md"
+
+
+def test_testing_doc_code_blocks_run():
+    blocks = re.findall(r"```python\n(.*?)```", DOC.read_text(), flags=re.DOTALL)
+    assert len(blocks) >= 4
+    namespace: dict = {}
+    for block in blocks:
+        exec(compile(block, str(DOC), "exec"), namespace)
