@@ -1,4 +1,4 @@
-"""The `driftlab` command: `driftlab demo`, `driftlab order`."""
+"""The `driftlab` command: `driftlab demo`, `driftlab order`, `driftlab bench`."""
 
 import argparse
 import os
@@ -137,6 +137,22 @@ def order(args):
         write_json_atomic([e.to_dict() for e in estimates], args.json)
 
 
+def bench(args):
+    """The flow-approximation sweep of `benchmarks/flow_error.py` (needs a source checkout)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if not os.path.exists(os.path.join(root, "benchmarks", "flow_error.py")):
+        raise InputError(
+            "`driftlab bench` runs `benchmarks/flow_error.py`, which ships with the source "
+            "checkout, not the installed package; run it from a clone of the repository."
+        )
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    from benchmarks import flow_error
+
+    argv = ["--preset", args.preset] + (["--output", args.output] if args.output else [])
+    flow_error.run(args.preset, args.output or flow_error.RESULTS_DIR, argv=argv)
+
+
 def build_parser():
     parser = _Parser(prog="driftlab", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -169,6 +185,10 @@ def build_parser():
     order_parser.add_argument("--output", default=DEFAULT_OUTPUT)
     order_parser.add_argument("--stem", default="order")
     order_parser.set_defaults(func=order)
+    bench_parser = commands.add_parser("bench", help="Flow-approximation benchmark sweep.")
+    bench_parser.add_argument("--preset", choices=["smoke", "fast", "full"], default="fast")
+    bench_parser.add_argument("--output", help="directory (default: benchmarks/results)")
+    bench_parser.set_defaults(func=bench)
     return parser
 
 

@@ -1,0 +1,68 @@
+"""The benchmark sweep's smoke preset runs end to end and writes well-formed results.
+
+No timing assertions: the numbers are checked for shape and sense, not speed.
+"""
+
+import json
+import math
+
+import pytest
+
+import driftlab as dl
+from benchmarks import flow_error
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    output = tmp_path_factory.mktemp("bench")
+    result = flow_error.run("smoke", str(output), argv=["--preset", "smoke"])
+    return output, result
+
+
+def test_smoke_writes_json_markdown_and_figures(smoke):
+    output, result = smoke
+    on_disk = json.loads((output / "flow_error.json").read_text())
+    assert on_disk == result
+    assert on_disk["preset"] == "smoke"
+    assert {"platform", "jax", "cpu_count"} <= set(on_disk["machine"])
+    markdown = (output / "flow_error.md").read_text()
+    assert markdown.startswith("# Flow approximation sweep")
+    assert "| quadratic | gd | igr |" in markdown
+    for name in on_disk["figures"]:
+        assert (output / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "flow_error_tracking.png" in on_disk["figures"]
+
+
+def test_every_measurement_is_recorded(smoke):
+    _, result = smoke
+    grid = result["scaled_steps"]
+    for case in result["cases"]:
+        assert case["lambda_max"] > 0
+        assert set(case["stability_index"]) == {str(x) for x in grid}
+        for flow in case["flows"].values():
+            assert [m["h_lambda"] for m in flow["measurements"]] == grid
+            for m in flow["measurements"]:
+                for kind in ("local", "global"):
+                    entry = m[kind]
+                    assert m["failure"] or "failure" in entry or math.isfinite(entry["error"])
+
+
+def test_gd_against_igr_local_slope_is_three(smoke):
+    _, result = smoke
+    (case,) = [c for c in result["cases"] if (c["problem"], c["optimiser"]) == ("quadratic", "gd")]
+    igr = case["flows"]["igr"]
+    assert igr["expected"]["local"] == 3
+    assert igr["fits"]["local"]["num_points"] >= 3
+    assert abs(igr["fits"]["local"]["slope"] - 3) < 0.2
+    assert abs(case["flows"]["gradient"]["fits"]["local"]["slope"] - 2) < 0.2
+    assert case["drift"] and all("failure" not in d for d in case["drift"])
+
+
+def _no_flow(h):
+    raise dl.InputError(f"no flow exists at h = {h}")
+
+
+def test_failures_are_data_not_crashes():
+    record = flow_error.measure(None, _no_flow, None, None, 0.1, 1.0, None)
+    assert record["failure"].startswith("InputError: no flow exists")
+    assert record["local"] is None and record["global"] is None
