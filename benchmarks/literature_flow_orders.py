@@ -10,7 +10,6 @@ least-squares slope as `driftlab.order_of_accuracy`.
 """
 
 import argparse
-import itertools
 import json
 import os
 import time
@@ -24,24 +23,6 @@ from driftlab.analysis._order import fit_slope
 
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-class MeanOverOrders(dl.AbstractStepMap):
-    """The mean of `SGDEpoch` over every order of the batches (Smith et al.'s expectation)."""
-
-    loss: object
-
-    def __call__(self, y, h, args):
-        m = jtu.tree_leaves(args)[0].shape[0]
-        epoch = dl.SGDEpoch(self.loss)
-        results = [
-            epoch(y, h, jtu.tree_map(lambda leaf: leaf[np.array(p)], args))
-            for p in itertools.permutations(range(m))
-        ]
-        return jtu.tree_map(lambda *leaves: sum(leaves) / len(leaves), *results)
-
-    def duration(self, h, args):
-        return h * jtu.tree_leaves(args)[0].shape[0]
 
 
 def _game():
@@ -90,7 +71,7 @@ def cases(hidden):
         (
             "sgd (m=3)",
             "SGDEpoch, mean over the 6 orders",
-            MeanOverOrders(loss),
+            dl.OrderAveragedSGDEpoch(loss),
             lambda h: dl.SGDFlow(loss, h),
             fixed,
             [0.1, 0.05, 0.025, 0.0125],

@@ -63,6 +63,7 @@ from .integrators import (
     iterate as iterate,
     Nesterov as Nesterov,
     OptaxStepMap as OptaxStepMap,
+    OrderAveragedSGDEpoch as OrderAveragedSGDEpoch,
     RMSProp as RMSProp,
     SGD as SGD,
     SGDEpoch as SGDEpoch,

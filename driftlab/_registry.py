@@ -69,8 +69,19 @@ OPTIMISERS: dict[str, Callable] = {
     "sgd-epoch": _epoch,
     "heavy-ball": _full_batch(lambda loss, hyper: HeavyBall(loss, hyper.get("beta", 0.5))),
     "nesterov": _full_batch(lambda loss, hyper: Nesterov(loss, hyper.get("beta", 0.5))),
-    "adam": _full_batch(lambda loss, hyper: Adam(loss, bias_correction=False)),
-    "rmsprop": _full_batch(lambda loss, hyper: RMSProp(loss)),
+    # Without bias correction: the map must be autonomous for backward error analysis.
+    "adam": _full_batch(
+        lambda loss, hyper: Adam(
+            loss,
+            hyper.get("b1", 0.9),
+            hyper.get("b2", 0.999),
+            hyper.get("eps", 1e-8),
+            bias_correction=False,
+        )
+    ),
+    "rmsprop": _full_batch(
+        lambda loss, hyper: RMSProp(loss, hyper.get("rho", 0.9), hyper.get("eps", 1e-8))
+    ),
     "simultaneous-gd": _game(SimultaneousGD),
     "alternating-gd": _game(AlternatingGD),
 }

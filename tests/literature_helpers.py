@@ -1,11 +1,9 @@
 """Shared pieces of the literature-flow tests: coefficient extraction, slopes, small problems."""
 
 import functools as ft
-import itertools
 
 import jax
 import jax.tree_util as jtu
-import numpy as np
 
 import driftlab as dl
 
@@ -20,24 +18,6 @@ def linear_coefficients(make_flow, y, args):
 def error_ratio(error_fn, h):
     """`error(h) / error(h / 2)`: about `2**q` for an `O(h**q)` error."""
     return error_fn(h) / error_fn(h / 2)
-
-
-class MeanOverOrders(dl.AbstractStepMap):
-    """The mean of `SGDEpoch` over every order of the batches (the expectation Smith et al. use)."""
-
-    loss: object
-
-    def __call__(self, y, h, args):
-        m = jtu.tree_leaves(args)[0].shape[0]
-        epoch = dl.SGDEpoch(self.loss)
-        results = [
-            epoch(y, h, jtu.tree_map(lambda leaf: leaf[np.array(p)], args))
-            for p in itertools.permutations(range(m))
-        ]
-        return jtu.tree_map(lambda *leaves: sum(leaves) / len(leaves), *results)
-
-    def duration(self, h, args):
-        return h * jtu.tree_leaves(args)[0].shape[0]
 
 
 @ft.cache

@@ -16,7 +16,6 @@ from . import helpers
 from .literature_helpers import (
     error_ratio,
     linear_coefficients,
-    MeanOverOrders,
     tiny_mlp,
 )
 
@@ -121,7 +120,7 @@ def test_sgd_flow_orders_on_mlp(kind):
     hs = [0.2, 0.1, 0.05]
     for step, make_flow in [
         (dl.SGDEpoch(problem.loss), lambda h: dl.ExactBatchSGDFlow(problem.loss, h)),
-        (MeanOverOrders(problem.loss), lambda h: dl.SGDFlow(problem.loss, h)),
+        (dl.OrderAveragedSGDEpoch(problem.loss), lambda h: dl.SGDFlow(problem.loss, h)),
     ]:
         estimate = dl.order_of_accuracy(
             step, make_flow, problem.params, hs, kind, batches, t_end=0.6

@@ -88,6 +88,31 @@ def _norms(forms):
     return anti / 2, sym / 2, relative
 
 
+@eqx.filter_jit
+def _measure(flow, per_coefficient: bool, x, us, vs, args, unravel):
+    """`(u^T J v, v^T J u)` per probe and per field; at module level so that it is cached."""
+
+    def fields(z):
+        point = unravel(z)
+        whole = ravel_pytree(flow(0.0, point, args))[0]
+        if not per_coefficient:
+            return [whole]
+        return [whole] + [ravel_pytree(f)[0] for f in flow.coefficients(point, args)]
+
+    outputs, pullback = jax.vjp(fields, x)
+
+    def forms(u, v):
+        jacobian_v = jax.jvp(fields, (x,), (v,))[1]
+        rows = []
+        for k, jv in enumerate(jacobian_v):
+            cotangent = [v if i == k else jnp.zeros_like(v) for i in range(len(outputs))]
+            jt_v = pullback(cotangent)[0]
+            rows.append(jnp.stack([u @ jv, jt_v @ u]))  # u^T J v, v^T J u
+        return jnp.stack(rows)
+
+    return jax.lax.map(lambda uv: forms(*uv), (us, vs))  # (probe, field, 2)
+
+
 def is_gradient_field(
     flow,
     y: Y,
@@ -131,32 +156,10 @@ def is_gradient_field(
     flat, unravel = ravel_pytree(y)
     per_coefficient = isinstance(flow, ModifiedFlow)
 
-    def fields(x):
-        point = unravel(x)
-        whole = ravel_pytree(flow(0.0, point, args))[0]
-        if not per_coefficient:
-            return [whole]
-        return [whole] + [ravel_pytree(f)[0] for f in flow.coefficients(point, args)]
-
-    @jax.jit
-    def measure(x, us, vs):
-        outputs, pullback = jax.vjp(fields, x)
-
-        def forms(u, v):
-            jacobian_v = jax.jvp(fields, (x,), (v,))[1]
-            rows = []
-            for k, jv in enumerate(jacobian_v):
-                cotangent = [v if i == k else jnp.zeros_like(v) for i in range(len(outputs))]
-                jt_v = pullback(cotangent)[0]
-                rows.append(jnp.stack([u @ jv, jt_v @ u]))  # u^T J v, v^T J u
-            return jnp.stack(rows)
-
-        return jax.lax.map(lambda uv: forms(*uv), (us, vs))
-
     key_u, key_v = jr.split(key)
     us = jr.normal(key_u, (num_probes, flat.size), flat.dtype)
     vs = jr.normal(key_v, (num_probes, flat.size), flat.dtype)
-    forms = np.asarray(measure(flat, us, vs))  # (probe, field, 2)
+    forms = np.asarray(_measure(flow, per_coefficient, flat, us, vs, args, unravel))
     results = [_norms(forms[:, i]) for i in range(forms.shape[1])]
     return GradientStructure(
         relative_asymmetry=results[0][2],

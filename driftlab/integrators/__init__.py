@@ -13,6 +13,7 @@ from ._maps import (
     Nesterov as Nesterov,
     OptaxState as OptaxState,
     OptaxStepMap as OptaxStepMap,
+    OrderAveragedSGDEpoch as OrderAveragedSGDEpoch,
     RMSProp as RMSProp,
     RMSPropState as RMSPropState,
     SGD as SGD,
