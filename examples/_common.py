@@ -5,6 +5,9 @@ import os
 import sys
 import time
 
+import jax
+import numpy as np
+
 from driftlab._io import machine_info, write_json_atomic
 
 
@@ -20,6 +23,22 @@ def parse_args(name: str, description: str) -> argparse.Namespace:
         "--output", default=os.path.join("docs", "gallery", name), help="figures and JSON go here"
     )
     return parser.parse_args()
+
+
+def loss_curves(loss, path, data):
+    """The loss and ||grad L||^2 at every point of a stacked trajectory `path`."""
+    values, grads = jax.vmap(jax.value_and_grad(loss), in_axes=(0, None))(path, data)
+    squared = sum(
+        np.sum(np.asarray(g).reshape(len(values), -1) ** 2, axis=1)
+        for g in jax.tree_util.tree_leaves(grads)
+    )
+    return np.asarray(values), squared
+
+
+def at_loss_levels(levels, values, quantity):
+    """`quantity` where the loss `values` (decreasing along the run) passes each level."""
+    order = np.argsort(values)
+    return np.interp(levels, values[order], quantity[order])
 
 
 def progress(message: str) -> None:

@@ -23,20 +23,15 @@ import driftlab as dl
 from driftlab._tree import tree_vdot
 from driftlab.plotting import save_figure
 
-from ._common import finish, parse_args, progress
+from ._common import finish, loss_curves, parse_args, progress
 
 
 NAME = "drift_cancellation"
 
 
-def _curves(loss, path, data):
-    """Loss and gradient norm of the original loss along a stacked trajectory."""
-    values, grads = jax.vmap(jax.value_and_grad(loss), in_axes=(0, None))(path, data)
-    squared = sum(
-        np.sum(np.asarray(g).reshape(len(values), -1) ** 2, axis=1)
-        for g in jax.tree_util.tree_leaves(grads)
-    )
-    return np.asarray(values), np.sqrt(squared)
+def _loss_and_gradient_norm(loss, path, data):
+    values, squared = loss_curves(loss, path, data)
+    return values, np.sqrt(squared)
 
 
 def _distance(path, reference):
@@ -72,9 +67,9 @@ def main():
         paths[f"GD + order-{order} correction"] = dl.iterate(
             corrected.driven_map(), params, h, n, data
         )
-    flow_loss, flow_grad = _curves(loss, flow_path, data)
+    flow_loss, flow_grad = _loss_and_gradient_norm(loss, flow_path, data)
     curves = {
-        label: (*_curves(loss, path, data), _distance(path, flow_path))
+        label: (*_loss_and_gradient_norm(loss, path, data), _distance(path, flow_path))
         for label, path in paths.items()
     }
 

@@ -33,8 +33,7 @@ from jax.flatten_util import ravel_pytree
 import driftlab as dl
 from driftlab.plotting import save_figure
 
-from ._common import finish, parse_args, progress
-from .igr import _at_loss, _curves
+from ._common import at_loss_levels, finish, loss_curves, parse_args, progress
 
 
 NAME = "heavy_ball"
@@ -80,7 +79,7 @@ def main():
     progress("gradient flow")
     base_path = igr_path(0.0)
     base = _flat(base_path)
-    fits, curves = {}, {"gradient flow": _curves(loss, base_path, data)}
+    fits, curves = {}, {"gradient flow": loss_curves(loss, base_path, data)}
     for beta in BETAS:
         h = eta * (1 - beta)
         progress(f"beta = {beta}: heavy-ball from the slow manifold, h = {h:.5f}")
@@ -106,12 +105,12 @@ def main():
             "direction": direction,
             "deviation": deviation,
         }
-        curves[f"heavy-ball, beta = {beta}"] = _curves(loss, path, data)
-        curves[f"predicted flow, beta = {beta}"] = _curves(loss, predicted_path, data)
+        curves[f"heavy-ball, beta = {beta}"] = loss_curves(loss, path, data)
+        curves[f"predicted flow, beta = {beta}"] = loss_curves(loss, predicted_path, data)
 
     final_losses = [values[-1] for values, _ in curves.values()]
     levels = np.linspace(max(final_losses) * 1.05, curves["gradient flow"][0][0] * 0.9, 6)
-    at_levels = {label: _at_loss(levels, *curve) for label, curve in curves.items()}
+    at_levels = {label: at_loss_levels(levels, *curve) for label, curve in curves.items()}
     reference = at_levels["gradient flow"]
     relative = {label: 100 * (value - reference) / reference for label, value in at_levels.items()}
 

@@ -11,7 +11,6 @@ Claims checked:
 import os
 import time
 
-import jax
 import matplotlib.pyplot as plt
 import numpy as np
 
@@ -19,27 +18,10 @@ import driftlab as dl
 from driftlab.flows import igr_loss
 from driftlab.plotting import save_figure
 
-from ._common import finish, parse_args, progress
+from ._common import at_loss_levels, finish, loss_curves, parse_args, progress
 
 
 NAME = "igr"
-
-
-def _curves(loss, params_path, data):
-    """Loss and squared gradient norm of the original loss along a stacked trajectory."""
-    value_and_grad = jax.vmap(jax.value_and_grad(loss), in_axes=(0, None))
-    values, grads = value_and_grad(params_path, data)
-    squared = sum(
-        np.sum(np.asarray(g).reshape(len(values), -1) ** 2, axis=1)
-        for g in jax.tree_util.tree_leaves(grads)
-    )
-    return np.asarray(values), squared
-
-
-def _at_loss(levels, values, squared):
-    """||grad L||^2 when the loss first reaches each level (loss decreases along GD here)."""
-    order = np.argsort(values)
-    return np.interp(levels, values[order], squared[order])
 
 
 def main():
@@ -65,16 +47,19 @@ def main():
     t_large, path_large = run(loss, h_large)
     t_reg, path_reg = run(igr_loss(loss, h_large), h_small)
     curves = {
-        "GD small h": (t_small, *_curves(loss, path_small, data)),
-        "GD large h": (t_large, *_curves(loss, path_large, data)),
-        "GD small h on L + h_large/4 |g|^2": (t_reg, *_curves(loss, path_reg, data)),
+        "GD small h": (t_small, *loss_curves(loss, path_small, data)),
+        "GD large h": (t_large, *loss_curves(loss, path_large, data)),
+        "GD small h on L + h_large/4 |g|^2": (
+            t_reg,
+            *loss_curves(loss, path_reg, data),
+        ),
     }
 
     progress("gradient flow and IGR flow along the large-step run")
     flows = {"gradient flow": dl.GradientFlow(loss), "IGR flow": dl.IGRFlow(loss, h_large)}
     for label, flow in flows.items():
         path = dl.solve(flow, params, t_large[-1], ts=t_large, args=data, rtol=1e-9, atol=1e-9)
-        curves[label] = (t_large, *_curves(loss, path, data))
+        curves[label] = (t_large, *loss_curves(loss, path, data))
 
     _, loss_large, grad_large = curves["GD large h"]
     prediction_errors = {
@@ -86,7 +71,7 @@ def main():
     }
     levels = np.linspace(max(c[1][-1] for c in curves.values()) * 1.05, loss_large[0] * 0.9, 5)
     at_levels = {
-        label: _at_loss(levels, curves[label][1], curves[label][2]).tolist()
+        label: at_loss_levels(levels, curves[label][1], curves[label][2]).tolist()
         for label in ("GD small h", "GD large h", "GD small h on L + h_large/4 |g|^2")
     }
     small, large, regularised = (np.array(at_levels[k]) for k in at_levels)

@@ -29,7 +29,7 @@ from driftlab._tree import tree_vdot
 from driftlab.flows import sgd_variance_regulariser
 from driftlab.plotting import save_figure
 
-from ._common import finish, parse_args, progress
+from ._common import at_loss_levels, finish, parse_args, progress
 
 
 NAME = "sgd"
@@ -49,12 +49,6 @@ def _distance(path, reference):
 def _along(function, path):
     """`function(params)` at every point of a stacked trajectory."""
     return np.asarray(jax.lax.map(function, path))
-
-
-def _at_loss(levels, values, quantity):
-    """`quantity` where the (decreasing) loss passes each level."""
-    order = np.argsort(values)
-    return np.interp(levels, values[order], quantity[order])
 
 
 def run_step(problem, batches, h, grid, num_orders, seed):
@@ -175,7 +169,7 @@ def main():
     low = max(sgd_curves["loss"][-1], gd_curves["loss"][-1])
     levels = np.linspace(low * 1.05, sgd_curves["loss"][0] * 0.9, 5)
     variance_at = {
-        run: _at_loss(levels, small["curves"][run]["loss"], small["curves"][run]["variance"])
+        run: at_loss_levels(levels, small["curves"][run]["loss"], small["curves"][run]["variance"])
         for run in ("SGD", "GD")
     }
     share = sgd_curves["variance"] / (sgd_curves["variance"] + sgd_curves["igr"])

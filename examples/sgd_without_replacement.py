@@ -45,7 +45,7 @@ from driftlab.flows import sgd_without_replacement_loss
 from driftlab.flows._losses import batch_gradients, epoch_loss, sgd_variance_regulariser
 from driftlab.plotting import save_figure
 
-from ._common import finish, parse_args, progress
+from ._common import at_loss_levels, finish, parse_args, progress
 
 
 NAME = "sgd_without_replacement"
@@ -169,14 +169,13 @@ def main():
     gd_loss = np.asarray(curves["GD"][0])
     levels = np.linspace(gd_loss[-1] * 1.1, gd_loss[0] * 0.8, 5)
 
-    def r_at(values, regulariser):
-        order = np.argsort(values)
-        return np.interp(levels, values[order], regulariser[order])
-
-    r_levels = {label: r_at(np.asarray(c[0]), np.asarray(c[2])) for label, c in curves.items()}
+    r_levels = {
+        label: at_loss_levels(levels, np.asarray(c[0]), np.asarray(c[2]))
+        for label, c in curves.items()
+    }
     wor_values, _, wor_r = per_seed["without replacement"]
     r_levels["without replacement (mean over seeds)"] = np.mean(
-        [r_at(v, r) for v, r in zip(wor_values, wor_r)], axis=0
+        [at_loss_levels(levels, v, r) for v, r in zip(wor_values, wor_r)], axis=0
     )
     r_relative = {
         label: 100 * (value - r_levels["GD"]) / r_levels["GD"] for label, value in r_levels.items()
