@@ -14,7 +14,6 @@ import json
 import os
 import time
 
-import jax.numpy as jnp
 import jax.tree_util as jtu
 import numpy as np
 
@@ -23,22 +22,6 @@ from driftlab.analysis._order import fit_slope
 
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-def _game():
-    rng = np.random.default_rng(5)
-    data = {"B": jnp.asarray(rng.standard_normal((3, 3)))}
-
-    def loss_phi(y, data):
-        phi, theta = y
-        return jnp.tanh(phi) @ data["B"] @ jnp.tanh(theta) + 0.1 * jnp.sum(phi**4)
-
-    def loss_theta(y, data):
-        phi, theta = y
-        return -jnp.tanh(phi) @ data["B"] @ jnp.tanh(theta) + 0.1 * jnp.sum(jnp.cosh(theta))
-
-    y0 = (jnp.array([0.3, -0.7, 0.2]), jnp.array([0.5, 0.1, -0.4]))
-    return loss_phi, loss_theta, y0, data
 
 
 def cases(hidden):
@@ -98,7 +81,9 @@ def cases(hidden):
     for name, step, make_flow in memory:
         start = lambda h, make_flow=make_flow: make_flow(h).slow_state(params, data)
         rows.append((name, type(step).__name__, step, make_flow, start, hs_memory, data))
-    loss_phi, loss_theta, y0, game_data = _game()
+    loss_phi, loss_theta = dl.problems.tanh_game_losses()
+    game = dl.problems.tanh_game()
+    y0, game_data = game.params, game.data
     for name, make_map, make_flow in [
         ("simultaneous-game (alpha=1, lambda=0.4)", dl.SimultaneousGD, dl.SimultaneousGameFlow),
         ("alternating-game (alpha=1, lambda=0.4)", dl.AlternatingGD, dl.AlternatingGameFlow),

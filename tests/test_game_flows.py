@@ -78,10 +78,10 @@ def test_game_flows_match_matrix_logarithm_with_unequal_steps(game, name):
 
 @pytest.mark.parametrize("name", list(FLOWS))
 def test_game_flows_agree_with_modified_flow(name):
-    loss_phi, loss_theta = _nonlinear_game()
+    loss_phi, loss_theta = dl.problems.tanh_game_losses()
     make_map, make_flow = FLOWS[name]
-    y = (jnp.array([0.3, -0.7, 0.2]), jnp.array([0.5, 0.1, -0.4]))
-    data = _game_data()
+    game = dl.problems.tanh_game()
+    y, data = game.params, game.data
     automatic = ModifiedFlow(make_map(loss_phi, loss_theta, ALPHA, LAM), 0.1, order=1)
     automatic = automatic.coefficients(y, data)
     mine = linear_coefficients(lambda h: make_flow(loss_phi, loss_theta, h, ALPHA, LAM), y, data)
@@ -89,36 +89,19 @@ def test_game_flows_agree_with_modified_flow(name):
         assert helpers.relative_error(a, b) < 1e-10
 
 
-def _game_data():
-    rng = np.random.default_rng(5)
-    return {"B": jnp.asarray(rng.standard_normal((3, 3)))}
-
-
-def _nonlinear_game():
-    def loss_phi(y, data):
-        phi, theta = y
-        return jnp.tanh(phi) @ data["B"] @ jnp.tanh(theta) + 0.1 * jnp.sum(phi**4)
-
-    def loss_theta(y, data):
-        phi, theta = y
-        return -jnp.tanh(phi) @ data["B"] @ jnp.tanh(theta) + 0.1 * jnp.sum(jnp.cosh(theta))
-
-    return loss_phi, loss_theta
-
-
 @pytest.mark.parametrize("name", list(FLOWS))
 @pytest.mark.parametrize("kind", ["local", "global"])
 def test_game_flow_orders(name, kind):
-    loss_phi, loss_theta = _nonlinear_game()
+    loss_phi, loss_theta = dl.problems.tanh_game_losses()
     make_map, make_flow = FLOWS[name]
-    y = (jnp.array([0.3, -0.7, 0.2]), jnp.array([0.5, 0.1, -0.4]))
+    game = dl.problems.tanh_game()
     estimate = dl.order_of_accuracy(
         make_map(loss_phi, loss_theta, ALPHA, LAM),
         lambda h: make_flow(loss_phi, loss_theta, h, ALPHA, LAM),
-        y,
+        game.params,
         [0.2, 0.1, 0.05],
         kind,
-        _game_data(),
+        game.data,
         t_end=1.0,
     )
     assert estimate.agrees(0.25), str(estimate)

@@ -9,6 +9,8 @@ from ._digits import (
 from ._games import (
     bilinear_game as bilinear_game,
     bilinear_game_losses as bilinear_game_losses,
+    tanh_game as tanh_game,
+    tanh_game_losses as tanh_game_losses,
 )
 from ._problem import AbstractProblem as AbstractProblem, Problem as Problem
 from ._quadratic import (

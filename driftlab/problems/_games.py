@@ -42,3 +42,34 @@ def bilinear_game(dim: int = 2, *, regularisation: float = 0.0, seed: int = 0) -
         jnp.asarray(rng.standard_normal(dim)),
     )
     return Problem(name="game", loss=bilinear_game_losses()[0], params=params, data=data)
+
+
+def tanh_game_losses():
+    r"""A smooth non-zero-sum game whose fields are nonlinear in both players.
+
+    $L_1 = \tanh(\phi)^\top B \tanh(\theta) + 0.1\sum\phi^4$ for player one,
+    $L_2 = -\tanh(\phi)^\top B \tanh(\theta) + 0.1\sum\cosh\theta$ for player two:
+    unlike the bilinear game, its modified flows have third-derivative terms.
+    """
+
+    def loss_phi(params, data) -> Scalar:
+        phi, theta = params
+        return jnp.tanh(phi) @ data["B"] @ jnp.tanh(theta) + 0.1 * jnp.sum(phi**4)
+
+    def loss_theta(params, data) -> Scalar:
+        phi, theta = params
+        return -jnp.tanh(phi) @ data["B"] @ jnp.tanh(theta) + 0.1 * jnp.sum(jnp.cosh(theta))
+
+    return loss_phi, loss_theta
+
+
+def tanh_game(*, seed: int = 5) -> Problem:
+    """The 3 x 3 `tanh_game_losses` game with a seeded `B` and a fixed start `(phi, theta)`.
+
+    `loss` is player one's loss; the pair of losses is `tanh_game_losses()`.
+    """
+    b = np.random.default_rng(seed).standard_normal((3, 3))
+    params = (jnp.array([0.3, -0.7, 0.2]), jnp.array([0.5, 0.1, -0.4]))
+    return Problem(
+        name="tanh-game", loss=tanh_game_losses()[0], params=params, data={"B": jnp.asarray(b)}
+    )
