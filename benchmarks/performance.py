@@ -1,6 +1,6 @@
 r"""Performance of driftlab's building blocks, as ratios measured within one run.
 
-    python -m benchmarks.performance            # the full set, ~5-10 minutes on 2 cores
+    python -m benchmarks.performance            # the full set, ~10 minutes on 2 cores
     python -m benchmarks.performance --quick    # smaller sizes, fewer repeats
 
 Absolute times depend on the machine and on whatever else runs on it; ratios of
@@ -9,11 +9,12 @@ timing is the best of `repeats` runs after a warm-up call (so it excludes
 compilation, which is reported separately).
 
 1. **Solver**: `driftlab.solve` (diffrax `Dopri8`, jitted) against
-   `scipy.integrate.solve_ivp(method="DOP853")` on the same IGR field of the
-   MLP on digits, at the same achieved accuracy: both are measured against a
-   reference solve at `REFERENCE_TOLERANCE`, and scipy's tolerance is tuned until
-   its error matches driftlab's (the error ratio is reported). Target: driftlab
-   5x faster after compilation.
+   `scipy.integrate.solve_ivp(method="DOP853")` on the same IGR field, at the same
+   achieved accuracy: both are measured against a reference solve at
+   `REFERENCE_TOLERANCE`, and scipy's tolerance is tuned until its error matches
+   driftlab's (the error ratio is reported). Two fields: a 10-dimensional quadratic
+   (cheap: per-step overhead decides) and the 1210-parameter MLP on digits (field
+   evaluations decide). Target: driftlab 5x faster after compilation.
 2. **Order measurement**: a full `driftlab.order_of_accuracy` (GD against IGR on the
    MLP, local and global, 6 step sizes), as a multiple of one jitted gradient
    evaluation, cold (with compilation) and warm.
@@ -23,20 +24,21 @@ compilation, which is reported separately).
    the top-k approximation: the Lanczos field and Ritz values against the dense
    ones where dense is affordable, else against a 60-iteration Lanczos field and
    ARPACK's (`driftlab.hessian_eigenpairs`) eigenvalues.
-4. **Peak memory** of the largest size of each, each in a fresh subprocess:
-   the growth of `resource.getrusage(...).ru_maxrss` over the process's size after
-   set-up, and `tracemalloc`'s peak of Python-side allocations (XLA buffers are
-   outside tracemalloc's view; the RSS figure includes them).
+4. **Peak memory** of the largest size of each, each in a fresh subprocess (Linux):
+   the resident-set high-water mark of the measured call (reset after set-up) and
+   `tracemalloc`'s peak of Python-side allocations (XLA buffers are outside
+   tracemalloc's view; the RSS figure includes them).
+5. **`ModifiedFlow` cost**: one field evaluation of `ModifiedFlow(GD, h, p)` for
+   p = 1..8 on MLPs of 610 and 2410 parameters, in gradient evaluations and against
+   the hand-written `IGRFlow` (order 1; target at most 1.5x), with the fitted growth
+   exponent in p against the Taylor-mode bound p^3.
 
 Writes `performance.json` and `performance.md` to `--output` (default `benchmarks/results/`).
-`ModifiedFlow`'s cost against IGR and its growth with the order are measured by
-`benchmarks/modified_flow_cost.py`.
 """
 
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -51,6 +53,7 @@ from jax.flatten_util import ravel_pytree
 import driftlab as dl
 from driftlab._io import machine_info, write_json_atomic
 from driftlab.flows._principal import lanczos
+from driftlab.integrators._solve import _diffeqsolve
 
 from ._common import command_line, fmt, markdown_table, Progress, RESULTS_DIR, write_text_atomic
 
@@ -61,10 +64,19 @@ REFERENCE_TOLERANCE = 1e-13
 SOLVER_TOLERANCE = 1e-8
 #: Target speed-up of `driftlab.solve` over scipy's DOP853 at equal accuracy.
 SOLVER_TARGET = 5.0
+#: The solver comparison integrates over t = 0 .. SOLVER_HORIZON / lambda_max.
+SOLVER_HORIZON = 20.0
+#: A cheap field (where per-step overhead decides) and a network's field (where evaluations do).
+SOLVER_CONFIGURATIONS = ("quadratic", "mlp")
 #: Hidden widths of the MLP (75 * width + 10 parameters: 85 to ~1e5).
 WIDTHS = (1, 4, 13, 40, 133, 400, 1333)
 #: The dense principal flow is measured up to this many parameters (O(n^3) per evaluation).
 DENSE_MAX_PARAMETERS = 1000
+#: `ModifiedFlow` at order 1 against the hand-written IGR field: at most this many times slower.
+MODIFIED_FLOW_TARGET = 1.5
+#: Hidden widths (610 and 2410 parameters) and orders of the `ModifiedFlow` cost measurement.
+MODIFIED_FLOW_WIDTHS = (8, 32)
+MODIFIED_FLOW_ORDERS = tuple(range(1, 9))
 #: Ritz pairs and Lanczos iterations of the matrix-free principal flow.
 PRINCIPAL_K = 10
 PRINCIPAL_ITERATIONS = 20
@@ -99,17 +111,37 @@ def _mlp(width: int = 16):
 # 1. driftlab.solve against scipy's DOP853 ----------------------------------------------------
 
 
-def _solver_setup():
-    problem, curvature = _mlp()
+def _solver_setup(name: str):
+    """The problem, IGR flow (h * lambda_max = 0.1), flat start, jitted flat field and t1."""
+    if name == "quadratic":
+        problem = dl.problems.quadratic(dim=10)
+    else:
+        problem = dl.problems.mlp_digits()
+    curvature = dl.lambda_max(problem.loss, problem.params, problem.data)
     flow = dl.IGRFlow(problem.loss, 0.1 / curvature)
     flat0, unravel = ravel_pytree(problem.params)
     field = jax.jit(lambda y: ravel_pytree(flow(0.0, unravel(y), problem.data))[0])
-    return problem, flow, flat0, field
+    return problem, flow, flat0, field, SOLVER_HORIZON / curvature
 
 
 def _driftlab_solve(problem, flow, t1, tolerance):
     y = dl.solve(flow, problem.params, t1, args=problem.data, rtol=tolerance, atol=tolerance)
     return np.asarray(ravel_pytree(_block(y))[0])
+
+
+def _driftlab_steps(problem, flow, t1, tolerance) -> int:
+    solution = _diffeqsolve(
+        flow,
+        problem.params,
+        np.asarray(0.0),
+        np.asarray(t1),
+        None,
+        problem.data,
+        tolerance,
+        tolerance,
+        100_000,
+    )
+    return int(solution.num_steps)
 
 
 def _scipy_solve(field, flat0, t1, tolerance):
@@ -119,9 +151,9 @@ def _scipy_solve(field, flat0, t1, tolerance):
     )
 
 
-def solver_comparison(t1: float, repeats: int, progress) -> dict:
-    """driftlab.solve vs solve_ivp(DOP853) on the IGR field of the MLP, at equal accuracy."""
-    problem, flow, flat0, field = _solver_setup()
+def solver_comparison(name: str, repeats: int, progress) -> dict:
+    """driftlab.solve vs solve_ivp(DOP853) on one IGR field, at equal achieved accuracy."""
+    problem, flow, flat0, field, t1 = _solver_setup(name)
     reference = _driftlab_solve(problem, flow, t1, REFERENCE_TOLERANCE)
     scale = np.linalg.norm(reference)
     error = lambda y: float(np.linalg.norm(y - reference) / scale)
@@ -129,7 +161,8 @@ def solver_comparison(t1: float, repeats: int, progress) -> dict:
     driftlab_error = error(solution)
     driftlab_time = best_time(lambda: _driftlab_solve(problem, flow, t1, SOLVER_TOLERANCE), repeats)
     progress(
-        f"driftlab.solve: error {driftlab_error:.3g}, {driftlab_time:.3f}s ({first:.1f}s cold)"
+        f"{name}: driftlab.solve error {driftlab_error:.3g}, {driftlab_time:.4f}s "
+        f"({first:.1f}s cold)"
     )
     # scipy: find the tolerance whose achieved error matches driftlab's, by log-log
     # interpolation of error against tolerance, then one secant refinement.
@@ -137,28 +170,32 @@ def solver_comparison(t1: float, repeats: int, progress) -> dict:
     tried = {}
     for tolerance in (1e-7, 1e-9, 1e-11):
         tried[tolerance] = error(_scipy_solve(field, flat0, t1, tolerance).y[:, -1])
-        progress(f"scipy DOP853 at tol {tolerance:.0e}: error {tried[tolerance]:.3g}")
     for _ in range(2):
         tols = np.array(sorted(tried))
         errs = np.array([tried[t] for t in tols])
         slope, intercept = np.polyfit(np.log(tols), np.log(errs), 1)
         tolerance = float(np.exp((np.log(driftlab_error) - intercept) / slope))
         tried[tolerance] = error(_scipy_solve(field, flat0, t1, tolerance).y[:, -1])
-        progress(f"scipy DOP853 at tol {tolerance:.3g}: error {tried[tolerance]:.3g}")
     # Use the tried tolerance whose error is closest to driftlab's (in log).
     tolerance = min(tried, key=lambda t: abs(np.log(tried[t] / driftlab_error)))
     scipy_result = _scipy_solve(field, flat0, t1, tolerance)
     scipy_time = best_time(lambda: _scipy_solve(field, flat0, t1, tolerance), repeats)
-    progress(f"scipy DOP853 at matched tol {tolerance:.3g}: {scipy_time:.3f}s")
     field_time = best_time(lambda: _block(field(flat0)), 20 * repeats)
+    field_share = scipy_result.nfev * field_time / scipy_time
+    progress(
+        f"{name}: scipy DOP853 at matched tol {tolerance:.3g}: {scipy_time:.4f}s, "
+        f"speed-up {scipy_time / driftlab_time:.2f}x"
+    )
     return {
-        "problem": f"mlp ({flat0.size} parameters), IGR field at h * lambda_max = 0.1",
+        "configuration": name,
+        "problem": f"{problem.name} ({flat0.size} parameters), IGR field at h * lambda_max = 0.1",
         "t1": t1,
         "reference_tolerance": REFERENCE_TOLERANCE,
         "driftlab": {
             "tolerance": SOLVER_TOLERANCE,
             "relative_error": driftlab_error,
             "seconds": driftlab_time,
+            "steps": _driftlab_steps(problem, flow, t1, SOLVER_TOLERANCE),
             "first_call_seconds": first,
             "compile_seconds": first - driftlab_time,
         },
@@ -170,6 +207,8 @@ def solver_comparison(t1: float, repeats: int, progress) -> dict:
             "tolerances_tried": {f"{t:.3g}": e for t, e in sorted(tried.items())},
         },
         "field_evaluation_seconds": field_time,
+        "field_share_of_scipy_time": field_share,
+        "speedup_ceiling": 1.0 / field_share,
         "error_ratio": error(scipy_result.y[:, -1]) / driftlab_error,
         "speedup": scipy_time / driftlab_time,
         "target": SOLVER_TARGET,
@@ -299,12 +338,11 @@ def principal_scaling(widths, repeats: int, progress) -> list[dict]:
 
 def _probe_target(name: str):
     """Set-up (not measured) and the measured call of one memory probe."""
-    if name == "solve":
-        problem, flow, _, _ = _solver_setup()
-        return lambda: _driftlab_solve(problem, flow, 5.0, SOLVER_TOLERANCE)
-    if name == "scipy":
-        _, _, flat0, field = _solver_setup()
-        return lambda: _scipy_solve(field, flat0, 5.0, SOLVER_TOLERANCE)
+    if name in ("solve", "scipy"):
+        problem, flow, flat0, field, t1 = _solver_setup("mlp")
+        if name == "solve":
+            return lambda: _driftlab_solve(problem, flow, t1, SOLVER_TOLERANCE)
+        return lambda: _scipy_solve(field, flat0, t1, SOLVER_TOLERANCE)
     if name == "order":
         problem, _ = _mlp()
         step = dl.GradientDescent(problem.loss)
@@ -319,23 +357,39 @@ def _probe_target(name: str):
     return lambda: _block(_field(flow, problem.params, problem.data))
 
 
+def _status_mb(key: str) -> float:
+    """A memory figure of this process from /proc/self/status (Linux), in MB."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) / 1024
+    raise KeyError(key)
+
+
 def probe(name: str) -> dict:
-    """Peak memory of one measurement in this (fresh) process; printed as JSON."""
+    """Peak memory of one measurement (compilation included) in this fresh process.
+
+    The resident-set high-water mark is reset after set-up (`/proc/self/clear_refs`),
+    so the peak is the measurement's own; `getrusage`'s `ru_maxrss` cannot be reset
+    and, in a child process, starts from the parent's peak.
+    """
     import warnings
 
     warnings.simplefilter("ignore")
     target = _probe_target(name)
-    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with open("/proc/self/clear_refs", "w") as clear_refs:
+        clear_refs.write("5")
+    baseline = _status_mb("VmRSS")
     tracemalloc.start()
     target()
     _, traced_peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = _status_mb("VmHWM")
     return {
         "probe": name,
-        "rss_after_setup_mb": baseline / 1024,
-        "peak_rss_mb": peak / 1024,
-        "peak_growth_mb": (peak - baseline) / 1024,
+        "rss_after_setup_mb": baseline,
+        "peak_rss_mb": peak,
+        "peak_growth_mb": peak - baseline,
         "tracemalloc_peak_mb": traced_peak / 2**20,
     }
 
@@ -362,44 +416,162 @@ def peak_memory(names, progress) -> list[dict]:
     return results
 
 
+# 5. ModifiedFlow: cost against the hand-written IGR field and against the order -----------------
+
+
+def modified_flow_cost(widths, orders, repeats: int, progress) -> dict:
+    """One jitted field evaluation of `ModifiedFlow(GD, h, p)`, in gradients and in IGR fields.
+
+    Taylor-mode bound: each of the p + 1 iterates is one jet of order <= p + 1 through
+    the map, and a jet of order K costs at most O(K^2) times the primal per nonlinear
+    primitive, so the field costs O(p^3) gradients at worst. The fitted exponent of
+    cost against p (orders >= 2) is compared with that bound.
+    """
+    rows = []
+    for width in widths:
+        problem = dl.problems.mlp_digits(hidden=width)
+        n = int(ravel_pytree(problem.params)[0].size)
+        h = 0.1 / dl.lambda_max(problem.loss, problem.params, problem.data)
+        gradient = eqx.filter_jit(jax.grad(problem.loss))
+        _block(gradient(problem.params, problem.data))
+        gradient_time = best_time(
+            lambda: _block(gradient(problem.params, problem.data)), 50 * repeats
+        )
+        field = eqx.filter_jit(lambda flow, y, args: flow(0.0, y, args))
+
+        def field_time(flow):
+            _, first = timed(lambda: _block(field(flow, problem.params, problem.data)))
+            seconds = best_time(
+                lambda: _block(field(flow, problem.params, problem.data)), 10 * repeats
+            )
+            return seconds, first - seconds
+
+        igr_time, _ = field_time(dl.IGRFlow(problem.loss, h))
+        step = dl.GradientDescent(problem.loss)
+        for order in orders:
+            seconds, compile_seconds = field_time(dl.ModifiedFlow(step, h, order))
+            rows.append(
+                {
+                    "parameters": n,
+                    "order": order,
+                    "seconds": seconds,
+                    "gradients": seconds / gradient_time,
+                    "igr_fields": seconds / igr_time,
+                    "igr_gradients": igr_time / gradient_time,
+                    "compile_seconds": compile_seconds,
+                }
+            )
+            progress(
+                f"ModifiedFlow p={order}, {n} parameters: {seconds / gradient_time:.1f} "
+                f"gradients, {seconds / igr_time:.2f}x IGR (compiled in {compile_seconds:.1f}s)"
+            )
+    growth = {}
+    for n in sorted({row["parameters"] for row in rows}):
+        points = [(r["order"], r["gradients"]) for r in rows if r["parameters"] == n]
+        points = [(p, g) for p, g in points if p >= 2]
+        if len(points) >= 2:
+            exponent = np.polyfit(*np.log(np.array(points)).T, 1)[0]
+            growth[str(n)] = float(exponent)
+    order_one = [row["igr_fields"] for row in rows if row["order"] == 1]
+    return {
+        "rows": rows,
+        "cost_exponent_in_p": growth,
+        "taylor_mode_bound_exponent": 3,
+        "order_one_over_igr_worst": max(order_one) if order_one else None,
+        "order_one_target": MODIFIED_FLOW_TARGET,
+        "order_one_target_met": bool(order_one) and max(order_one) <= MODIFIED_FLOW_TARGET,
+    }
+
+
 # Report ----------------------------------------------------------------------------------------
 
 
+def _solver_section(solvers: list[dict]) -> list[str]:
+    rows = []
+    for solver in solvers:
+        d, s = solver["driftlab"], solver["scipy"]
+        rows.append(
+            [
+                solver["problem"],
+                f"{d['relative_error']:.2g} / {s['relative_error']:.2g}",
+                f"{d['steps']} / {s['field_evaluations']}",
+                d["seconds"],
+                s["seconds"],
+                f"**{solver['speedup']:.2f}x**",
+                f"{solver['speedup_ceiling']:.2f}x",
+                "met" if solver["target_met"] else "not met",
+                d["compile_seconds"],
+            ]
+        )
+    return [
+        "## 1. `driftlab.solve` (diffrax Dopri8) vs `scipy.integrate.solve_ivp` (DOP853)",
+        "",
+        f"IGR fields, t = 0..{SOLVER_HORIZON:g} / lambda_max; relative errors against a "
+        f"reference solve at tolerance {REFERENCE_TOLERANCE:g}; scipy's tolerance is tuned "
+        "until its error matches driftlab's. *Ceiling*: scipy's time over its own field "
+        "evaluations' time, the speed-up a solver with zero per-step cost would reach with "
+        f"as many evaluations. Target {SOLVER_TARGET:g}x.",
+        "",
+        markdown_table(
+            [
+                "field",
+                "rel. error driftlab / scipy",
+                "driftlab steps / scipy evaluations",
+                "driftlab s",
+                "scipy s",
+                "speed-up",
+                "ceiling",
+                "target",
+                "driftlab compile s",
+            ],
+            rows,
+        ),
+    ]
+
+
+def _modified_flow_section(cost: dict) -> list[str]:
+    exponents = ", ".join(
+        f"{n} parameters: {value:.2f}" for n, value in cost["cost_exponent_in_p"].items()
+    )
+    return [
+        "## 5. `ModifiedFlow(GD, h, p)`: one field evaluation against IGR and against p",
+        "",
+        "In units of one jitted gradient of the same loss (and of the hand-written "
+        "`IGRFlow` field). Order 1 against IGR: worst "
+        f"{fmt(cost['order_one_over_igr_worst'])}x, target {cost['order_one_target']:g}x: "
+        f"**{'met' if cost['order_one_target_met'] else 'not met'}**. Fitted exponent of "
+        f"cost against p (p >= 2): {exponents or '-'}; Taylor-mode bound "
+        f"p^{cost['taylor_mode_bound_exponent']}.",
+        "",
+        markdown_table(
+            ["parameters", "p", "gradients", "x IGR", "IGR (gradients)", "compile s"],
+            [
+                [
+                    row["parameters"],
+                    row["order"],
+                    row["gradients"],
+                    row["igr_fields"],
+                    row["igr_gradients"],
+                    row["compile_seconds"],
+                ]
+                for row in cost["rows"]
+            ],
+        ),
+    ]
+
+
 def markdown(result: dict) -> str:
-    solver, order = result["solver"], result["order_of_accuracy"]
-    d, s = solver["driftlab"], solver["scipy"]
+    order = result["order_of_accuracy"]
+    machine = result["machine"]
     lines = [
         "# Performance (ratios within one run)",
         "",
         f"Command: `{result['command']}`  ",
-        f"Runtime: {result['seconds']:.0f} s on {result['machine']['platform']} "
-        f"({result['machine']['cpu_count']} cores shared with other jobs, jax "
-        f"{result['machine']['jax']}). Times are best-of-{result['repeats']} after a warm-up.",
+        f"Runtime: {result['seconds']:.0f} s on {machine['platform']} "
+        f"({machine['cpu_count']} cores, jax {machine['jax']}). Times are "
+        f"best-of-{result['repeats']} (or more) after a warm-up.",
         "",
-        "## 1. `driftlab.solve` (diffrax Dopri8) vs `scipy.integrate.solve_ivp` (DOP853)",
-        "",
-        f"{solver['problem']}, t = 0..{solver['t1']:g}; errors relative to a reference "
-        f"solve at tolerance {solver['reference_tolerance']:g}.",
-        "",
-        markdown_table(
-            ["solver", "tolerance", "achieved relative error", "seconds", "compile seconds"],
-            [
-                [
-                    "driftlab.solve",
-                    d["tolerance"],
-                    d["relative_error"],
-                    d["seconds"],
-                    d["compile_seconds"],
-                ],
-                ["scipy DOP853", s["tolerance"], s["relative_error"], s["seconds"], "-"],
-            ],
-        ),
-        "",
-        f"**Speed-up {solver['speedup']:.1f}x** at an error ratio (scipy / driftlab) of "
-        f"{solver['error_ratio']:.2f}; target {solver['target']:g}x: "
-        f"**{'met' if solver['target_met'] else 'not met'}**. scipy made "
-        f"{s['field_evaluations']} field evaluations of {fmt(solver['field_evaluation_seconds'])}"
-        " s each (jitted, called from Python).",
+        *_solver_section(result["solver"]),
         "",
         "## 2. A full `order_of_accuracy` in units of one jitted gradient",
         "",
@@ -451,7 +623,10 @@ def markdown(result: dict) -> str:
             ],
         ),
         "",
-        "## 4. Peak memory (fresh process per measurement)",
+        "## 4. Peak memory (fresh process per measurement, compilation included)",
+        "",
+        "Resident-set high-water mark of the measured call, reset after set-up; "
+        "tracemalloc sees Python allocations only (not XLA's buffers).",
         "",
         markdown_table(
             ["measurement", "RSS after set-up MB", "peak RSS MB", "growth MB", "tracemalloc MB"],
@@ -466,6 +641,8 @@ def markdown(result: dict) -> str:
                 for m in result["memory"]
             ],
         ),
+        "",
+        *_modified_flow_section(result["modified_flow"]),
     ]
     return "\n".join(lines) + "\n"
 
@@ -480,11 +657,17 @@ def run(output: str, quick: bool, argv) -> dict:
         "command": command_line("benchmarks.performance", argv),
         "machine": machine_info(),
         "repeats": repeats,
-        "solver": solver_comparison(5.0, repeats, progress),
+        "solver": [solver_comparison(name, repeats, progress) for name in SOLVER_CONFIGURATIONS],
         "order_of_accuracy": order_measurement_cost(repeats, progress),
         "principal": principal_scaling(widths, repeats, progress),
         "memory": peak_memory(
             ["solve", "scipy", "order", f"dense:{largest_dense}", f"lanczos:{widths[-1]}"],
+            progress,
+        ),
+        "modified_flow": modified_flow_cost(
+            MODIFIED_FLOW_WIDTHS[:1] if quick else MODIFIED_FLOW_WIDTHS,
+            MODIFIED_FLOW_ORDERS[:4] if quick else MODIFIED_FLOW_ORDERS,
+            repeats,
             progress,
         ),
     }

@@ -54,6 +54,7 @@ from .flows import (
     SimultaneousGameFlow as SimultaneousGameFlow,
 )
 from .integrators import (
+    AbstractEulerStepMap as AbstractEulerStepMap,
     AbstractStepMap as AbstractStepMap,
     Adam as Adam,
     AlternatingGD as AlternatingGD,

@@ -55,6 +55,31 @@ def test_gd_order_1_is_igr_on_mlp():
     assert helpers.relative_error(modified(problem.params), igr) < 1e-12  # measured 3e-16
 
 
+class _GenericGD(dl.AbstractStepMap):
+    """Gradient descent written as a plain map, so `ModifiedFlow` takes its generic route."""
+
+    loss: object
+
+    def __call__(self, y, h, args):
+        return jax.tree_util.tree_map(lambda p, g: p - h * g, y, jax.grad(self.loss)(y, args))
+
+
+@pytest.mark.parametrize("order", [0, 1, 2, 3])
+def test_euler_route_matches_generic_route_on_mlp(order):
+    # The AbstractEulerStepMap route (jets of G one order lower, one linearisation at
+    # order 1) must give the generic route's coefficients: a third-derivative-rich check.
+    problem = helpers.small_mlp()
+    euler = _coefficients(
+        dl.ModifiedFlow(dl.GradientDescent(problem.loss), 0.1, order), problem.params, problem.data
+    )
+    generic = _coefficients(
+        dl.ModifiedFlow(_GenericGD(problem.loss), 0.1, order), problem.params, problem.data
+    )
+    assert len(euler) == order + 1
+    for a, b in zip(euler, generic):
+        assert helpers.relative_error(a, b) < 1e-12  # measured <= 1.1e-15
+
+
 def _slow_root_coefficients(a, y, beta, num):
     """[h^(k+1)] of log r(h A) y, r the slow root of r^2 - (1 + beta - h lam) r + beta."""
     lam, vectors = np.linalg.eigh(a)

@@ -18,7 +18,7 @@ from jaxtyping import Array, Float
 from .._custom_types import Args, RealScalarLike, Scalar, Y
 from .._errors import InputError, StabilityWarning
 from .._tree import tree_vdot
-from ..integrators import AbstractStepMap, HeavyBall, Nesterov
+from ..integrators import AbstractEulerStepMap, AbstractStepMap, HeavyBall, Nesterov
 from ._base import AbstractFlow
 
 
@@ -177,6 +177,37 @@ def _weighted_iterates(map_flat, u, coefficients, order: int, weights: np.ndarra
     return first, sums
 
 
+def _euler_weighted_iterates(field_flat, u, order: int, weights: np.ndarray):
+    r"""`_weighted_iterates` for an explicit Euler map $\Phi_h(y) = y + h\,G(y)$.
+
+    With $y_j(h) = u + \sum_{k=1}^{K} c_{j,k} h^k$ ($K$ = `order`), the recursion is
+    $c_{j+1,k} = c_{j,k} + [G(y_j)]_{k-1}$, with $[\cdot]_m$ the $h^m$ Taylor
+    coefficient: a jet of $G$ of order $K - 1$, one less than the map's own. At
+    $K = 2$ that jet is linear in $c_{j,1}$, so one linearisation of $G$ at $u$
+    serves every iterate.
+    """
+    g0, linear = jax.linearize(field_flat, u)
+    zero = jnp.zeros_like(u)
+    coefficients = [g0] + [zero] * (order - 1)
+    sums = [weights[0] * c for c in coefficients]
+
+    def body(carry, weight):
+        coefficients, sums = carry
+        if order == 1:
+            higher = []
+        elif order == 2:
+            higher = [linear(coefficients[0])]
+        else:
+            higher = jet.jet(field_flat, (u,), (coefficients[:-1],), factorial_scaled=False)[1]
+        coefficients = [coefficients[0] + g0, *(c + g for c, g in zip(coefficients[1:], higher))]
+        return (coefficients, [s + weight * c for s, c in zip(sums, coefficients)]), None
+
+    if len(weights) > 1:
+        rest = jnp.asarray(weights[1:], dtype=u.dtype)
+        sums = jax.lax.scan(body, (coefficients, sums), rest)[0][1]
+    return sums
+
+
 def _difference_weights(n: int) -> np.ndarray:
     r"""$\Delta^n y_0 = \sum_{j=0}^n (-1)^{n-j}\binom{n}{j} y_j$: the weights."""
     return np.array([(-1) ** (n - j) * math.comb(n, j) for j in range(n + 1)], dtype=np.float64)
@@ -269,11 +300,15 @@ class ModifiedFlow(AbstractFlow):
     The coefficients are Taylor coefficients in $h$ at $h = 0$, taken by
     Taylor-mode AD (`jax.experimental.jet`) through $p + 1$ applications of
     the map, each fed the previous one's series (one jet of order $p + 1$ per
-    iterate; the first one expands only the map's own $h$). Nothing is
-    differentiated numerically, nothing is symbolic, nothing is dense: the
-    cost is about $1 + p(p + 2)$ gradient evaluations per field evaluation
-    (see `benchmarks/modified_flow_cost.py`). The alternating sums lose about
-    two digits by order 6.
+    iterate; the first one expands only the map's own $h$). For an
+    `AbstractEulerStepMap` ($y + h\,G(y)$: `GradientDescent`, `SimultaneousGD`,
+    `ExplicitEuler`) only $G$ is expanded, to order $p$, and at order 1 one
+    linearisation of $G$ serves every iterate, so order 1 costs what the
+    hand-written `IGRFlow` field costs. Nothing is differentiated numerically,
+    nothing is symbolic, nothing is dense; the cost grows polynomially in $p$
+    (at most like $p^3$ gradients: $p + 1$ jets whose cost per primitive is at
+    most quadratic in their order; measured in `benchmarks/performance.py`).
+    The alternating sums lose about two digits by order 6.
 
     **Maps with auxiliary state** (`HeavyBall`, `Nesterov`, `RMSProp`,
     `Adam(bias_correction=False)`, or any map whose state holds more than the
@@ -466,8 +501,15 @@ def _expand(flow: ModifiedFlow, params: Y, args: Args, what: str):
     if what == "slow_state":
         return u0 + sum(flow.h ** (i + 1) * s for i, s in enumerate(series)), flags
     order = flow.order + 1
-    start = [*series, jnp.zeros_like(u0)] if layout.aux_index.size else None
-    first, sums = _weighted_iterates(map_flat, u0, start, order, _log_weights(order)[1:])
-    moved = jnp.linalg.norm(first - u0) > CONSISTENCY_TOLERANCE * (1 + jnp.linalg.norm(u0))
+    weights = _log_weights(order)[1:]
+    if isinstance(step, AbstractEulerStepMap):
+        # y + h G(y) is the identity at h = 0 by construction and has no auxiliary state.
+        field_flat = lambda u: ravel_pytree(step.euler_field(layout.unravel(u), args))[0]
+        sums = _euler_weighted_iterates(field_flat, u0, order, weights)
+        moved = jnp.asarray(False)
+    else:
+        start = [*series, jnp.zeros_like(u0)] if layout.aux_index.size else None
+        first, sums = _weighted_iterates(map_flat, u0, start, order, weights)
+        moved = jnp.linalg.norm(first - u0) > CONSISTENCY_TOLERANCE * (1 + jnp.linalg.norm(u0))
     rate = step.duration(1.0, args)
     return [log_term[layout.theta_index] / rate for log_term in sums], [*flags, moved]

@@ -2,6 +2,7 @@
 
 from ._iterate import advance as advance, iterate as iterate
 from ._maps import (
+    AbstractEulerStepMap as AbstractEulerStepMap,
     AbstractStepMap as AbstractStepMap,
     Adam as Adam,
     AdamState as AdamState,
