@@ -1,7 +1,7 @@
 """Measured orders of accuracy of the literature's flows on the MLP on digits.
 
 Writes `benchmarks/results/literature_flow_orders.json` and the Markdown table in
-`docs/flows-accuracy.md`. Run: `python benchmarks/literature_flow_orders.py [--hidden 16]`.
+`docs/flows-accuracy.md`. Run: `python -m benchmarks.literature_flow_orders [--hidden 16]`.
 
 Maps with momentum/adaptive state start on the slow manifold (`flow.slow_state`),
 which depends on `h`, so errors are measured point by point with
@@ -10,7 +10,6 @@ least-squares slope as `driftlab.order_of_accuracy`.
 """
 
 import argparse
-import json
 import os
 import time
 
@@ -18,10 +17,10 @@ import jax.tree_util as jtu
 import numpy as np
 
 import driftlab as dl
+from driftlab._io import machine_info, write_json_atomic
 from driftlab.analysis._order import fit_slope
 
-
-HERE = os.path.dirname(os.path.abspath(__file__))
+from ._common import RESULTS_DIR, write_text_atomic
 
 
 def cases(hidden):
@@ -147,13 +146,16 @@ def main():
             f"({row['seconds']:.0f} s)",
             flush=True,
         )
-    os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
-    with open(os.path.join(HERE, "results", "literature_flow_orders.json"), "w") as file:
-        json.dump(
-            {"hidden": options.hidden, "num_params": size, "t_end": options.t_end, "rows": results},
-            file,
-            indent=2,
-        )
+    write_json_atomic(
+        {
+            "hidden": options.hidden,
+            "num_params": size,
+            "t_end": options.t_end,
+            "rows": results,
+            "machine": machine_info(),
+        },
+        os.path.join(RESULTS_DIR, "literature_flow_orders.json"),
+    )
     lines = [
         "| flow | map | expected local / global | measured local | measured global | h range |",
         "|---|---|---|---|---|---|",
@@ -167,8 +169,7 @@ def main():
         )
     table = "\n".join(lines)
     print(table)
-    with open(os.path.join(HERE, "results", "literature_flow_orders.md"), "w") as file:
-        file.write(table + "\n")
+    write_text_atomic(table + "\n", os.path.join(RESULTS_DIR, "literature_flow_orders.md"))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Time the matrix-free principal flow on a ~100 000-parameter MLP on digits.
 
 Writes `benchmarks/results/principal_flow_timing.json`. Run:
-`python benchmarks/principal_flow_timing.py [--hidden 1340 --k 10 --num-iterations 20]`.
+`python -m benchmarks.principal_flow_timing [--hidden 1340 --k 10 --num-iterations 20]`.
 """
 
 import argparse
@@ -15,9 +15,9 @@ import jax.tree_util as jtu
 import numpy as np
 
 import driftlab as dl
+from driftlab._io import machine_info, write_json_atomic
 
-
-HERE = os.path.dirname(os.path.abspath(__file__))
+from ._common import RESULTS_DIR
 
 
 def main():
@@ -76,13 +76,11 @@ def main():
         },
         "seconds": timings,
         "field_cost_in_gradients": timings["field_seconds"] / timings["gradient_seconds"],
-        "cpu_count": os.cpu_count(),
+        "machine": machine_info(),
         "load_average_at_end": os.getloadavg(),
     }
     print(json.dumps(result, indent=2))
-    os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
-    with open(os.path.join(HERE, "results", "principal_flow_timing.json"), "w") as file:
-        json.dump(result, file, indent=2)
+    write_json_atomic(result, os.path.join(RESULTS_DIR, "principal_flow_timing.json"))
 
 
 if __name__ == "__main__":

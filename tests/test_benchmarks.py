@@ -9,7 +9,7 @@ import math
 import pytest
 
 import driftlab as dl
-from benchmarks import flow_error
+from benchmarks import flow_error, performance
 
 
 @pytest.fixture(scope="module")
@@ -66,3 +66,56 @@ def test_failures_are_data_not_crashes():
     record = flow_error.measure(None, _no_flow, None, None, 0.1, 1.0, None)
     assert record["failure"].startswith("InputError: no flow exists")
     assert record["local"] is None and record["global"] is None
+
+
+# --- benchmarks.performance at toy sizes: the pieces run and report sense, never speed --------
+
+
+def _quiet(message):
+    del message
+
+
+@pytest.fixture(scope="module")
+def solver_quadratic():
+    return performance.solver_comparison("quadratic", 1, _quiet)
+
+
+def test_performance_solver_comparison_matches_accuracy(solver_quadratic):
+    result = solver_quadratic
+    # scipy's tolerance was tuned until its error is within a decade of driftlab's.
+    assert 0.1 < result["error_ratio"] < 10
+    assert result["driftlab"]["relative_error"] < 1e-6
+    assert result["driftlab"]["steps"] > 0 and result["scipy"]["field_evaluations"] > 0
+    assert 0 < result["field_share_of_scipy_time"] and result["speedup"] > 0
+
+
+def test_performance_principal_and_modified_flow_sections(solver_quadratic):
+    (row,) = performance.principal_scaling((1,), 1, _quiet)
+    assert row["parameters"] == 85 and row["lanczos"]["field_compared_with"] == "dense"
+    assert row["lanczos"]["field_relative_error"] < 0.05
+    cost = performance.modified_flow_cost((2,), (1, 2, 3), 1, _quiet)
+    assert [r["order"] for r in cost["rows"]] == [1, 2, 3]
+    assert all(r["gradients"] > 0 for r in cost["rows"])
+    assert set(cost["cost_exponent_in_p"]) == {str(cost["rows"][0]["parameters"])}
+    # The report renders every section from what the run returns.
+    order = {"gradient_seconds": 1e-4}
+    for kind in ("local", "global"):
+        order[kind] = dict.fromkeys(
+            ["slope", "expected", "warm_seconds", "warm_gradients", "cold_seconds"], 1.0
+        )
+        order[kind]["cold_gradients"] = 1.0
+    text = performance.markdown(
+        {
+            "command": "python -m benchmarks.performance",
+            "machine": dl._io.machine_info(),
+            "repeats": 1,
+            "seconds": 1.0,
+            "solver": [solver_quadratic],
+            "order_of_accuracy": order,
+            "principal": [row],
+            "memory": [{"probe": "solve", "failure": "not run here"}],
+            "modified_flow": cost,
+        }
+    )
+    for heading in ("## 1.", "## 2.", "## 3.", "## 4.", "## 5."):
+        assert heading in text
