@@ -542,7 +542,8 @@ def markdown(result: dict, figures: list[str]) -> str:
         f"Command: `{result['command']}`  ",
         f"Runtime: {result['seconds']:.0f} s wall clock, {result['cpu_seconds']:.0f} s CPU "
         f"(all threads) on {result['machine']['platform']} ({result['machine']['cpu_count']} "
-        f"cores, shared with other jobs; jax {result['machine']['jax']}).  ",
+        f"cores, load average {result['machine']['load_average'][0]:.1f} at the start; jax "
+        f"{result['machine']['jax']}).  ",
         f"Grid of h * lambda_max: {', '.join(f'{x:g}' for x in result['scaled_steps'])}. "
         f"Slopes fitted for h * lambda_max <= {FIT_MAX:g} on points at least 10x above the "
         f"round-off / solver floor; a flow tracks while its global error is <= "

@@ -33,7 +33,8 @@ compilation, which is reported separately).
    the hand-written `IGRFlow` (order 1; target at most 1.5x), with the fitted growth
    exponent in p against the Taylor-mode bound p^3.
 
-Writes `performance.json` and `performance.md` to `--output` (default `benchmarks/results/`).
+Writes `performance.json`, `performance.md` and `performance.png` to `--output`
+(default `benchmarks/results/`).
 """
 
 import argparse
@@ -484,6 +485,41 @@ def modified_flow_cost(widths, orders, repeats: int, progress) -> dict:
     }
 
 
+# Figures ---------------------------------------------------------------------------------------
+
+
+def write_figure(result: dict, output: str) -> str:
+    """Two log-log panels: `ModifiedFlow` cost against p, principal field cost against n."""
+    import matplotlib.pyplot as plt
+
+    from driftlab.plotting import save_figure
+
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10.4, 3.9))
+    rows = result["modified_flow"]["rows"]
+    for n in sorted({row["parameters"] for row in rows}):
+        orders = np.array([r["order"] for r in rows if r["parameters"] == n])
+        cost = np.array([r["gradients"] for r in rows if r["parameters"] == n])
+        left.loglog(orders, cost, "o-", ms=4, label=f"ModifiedFlow, {n} parameters")
+        left.loglog(orders, cost[0] * orders**3, ":", color="grey", lw=0.8)
+    left.axhline(rows[0]["igr_gradients"], color="k", lw=0.8, ls="--", label="IGRFlow")
+    left.set_xticks(orders, [str(p) for p in orders])
+    left.minorticks_off()
+    left.set_xlabel("order p")
+    left.set_ylabel("one field evaluation / one gradient")
+    left.set_title("ModifiedFlow(GD) cost (dotted: p^3 bound)", fontsize=9)
+    principal = result["principal"]
+    for method in ("dense", "lanczos"):
+        points = [(r["parameters"], r[method]["seconds"]) for r in principal if method in r]
+        right.loglog(*zip(*points), "o-", ms=4, label=f"{method}")
+    right.set_xlabel("parameters n")
+    right.set_ylabel("seconds per field evaluation")
+    right.set_title(f"PrincipalFlow field (k = {PRINCIPAL_K})", fontsize=9)
+    for ax in (left, right):
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    return save_figure(figure, os.path.join(output, "performance.png"))
+
+
 # Report ----------------------------------------------------------------------------------------
 
 
@@ -570,7 +606,8 @@ def markdown(result: dict) -> str:
         "",
         f"Command: `{result['command']}`  ",
         f"Runtime: {result['seconds']:.0f} s on {machine['platform']} "
-        f"({machine['cpu_count']} cores, jax {machine['jax']}). Times are "
+        f"({machine['cpu_count']} cores, load average {machine['load_average'][0]:.1f} at the "
+        f"start, jax {machine['jax']}). Times are "
         f"best-of-{result['repeats']} (or more) after a warm-up.",
         "",
         *_solver_section(result["solver"]),
@@ -676,7 +713,8 @@ def run(output: str, quick: bool, argv) -> dict:
     result["seconds"] = time.perf_counter() - start
     json_path = write_json_atomic(result, os.path.join(output, "performance.json"))
     md_path = write_text_atomic(markdown(result), os.path.join(output, "performance.md"))
-    print(f"wrote {json_path} and {md_path} in {result['seconds']:.0f}s")
+    png_path = write_figure(result, output)
+    print(f"wrote {json_path}, {md_path} and {png_path} in {result['seconds']:.0f}s")
     return result
 
 

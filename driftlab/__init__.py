@@ -37,6 +37,7 @@ from .analysis import (
 )
 from .flows import (
     AbstractFlow as AbstractFlow,
+    AbstractSeriesFlow as AbstractSeriesFlow,
     AdamFlow as AdamFlow,
     AlternatingGameFlow as AlternatingGameFlow,
     CorrectedField as CorrectedField,

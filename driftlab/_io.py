@@ -38,5 +38,7 @@ def machine_info() -> dict:
         "jax": jax.__version__,
         "numpy": np.__version__,
         "cpu_count": os.cpu_count(),
+        # Timings mean little without it: other jobs on the same cores inflate them.
+        "load_average": list(os.getloadavg()),
         "devices": [str(device) for device in jax.devices()],
     }

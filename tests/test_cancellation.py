@@ -98,22 +98,21 @@ def test_alternating_game_coefficients():
 
 def test_gradient_verdicts():
     problem = helpers.small_quadratic(4)
-    structures = dl.CorrectedField(dl.GradientDescent(problem.loss), 0.3, 1).gradient_structure(
-        problem.params, problem.data
-    )
-    assert all(s.is_gradient for s in structures)
+    corrected = dl.CorrectedField(dl.GradientDescent(problem.loss), 0.3, 1)
+    structure = dl.is_gradient_field(corrected, problem.params, problem.data)
+    assert structure.coefficient_is_gradient == (True, True) and structure.is_gradient
     # On a nonlinear loss, g_2 = [t^3] of gradient flow = -(T[g, g] + H^2 g)/6 is not a gradient
     # (the time-h map of a gradient flow has a non-symmetric Jacobian); g_0, g_1 are.
     mlp = helpers.small_mlp()
     corrected = dl.CorrectedField(dl.GradientDescent(mlp.loss), 0.4, 2)
-    structures = corrected.gradient_structure(mlp.params, mlp.data, num_probes=2)
-    assert [s.is_gradient for s in structures] == [True, True, False], structures
+    structure = dl.is_gradient_field(corrected, mlp.params, mlp.data, num_probes=2)
+    assert structure.coefficient_is_gradient == (True, True, False), structure
     # The pure bilinear game, equal steps: g_0 ~ M y and g_2 ~ M^3 y rotate, g_1 ~ M^2 y is
     # symmetric (the square of an antisymmetric matrix).
     step, problem, _ = _game(2, regularisation=0.0, alpha=1.0, lam=1.0)
     corrected = dl.CorrectedField(step, 0.2, 2)
-    verdicts = [s.is_gradient for s in corrected.gradient_structure(problem.params, problem.data)]
-    assert verdicts == [False, True, False]
+    structure = dl.is_gradient_field(corrected, problem.params, problem.data)
+    assert structure.coefficient_is_gradient == (False, True, False)
     with pytest.raises(dl.InputError, match="not a gradient"):
         dl.CorrectedField(step, 0.2, 0).modified_loss(problem.params, problem.data)
 

@@ -46,6 +46,10 @@ def test_singular_and_complex_edge_cases(quadratic):
         )
     with pytest.raises(Exception, match="complex128"):
         jax.block_until_ready(dl.PrincipalFlow(problem.loss, 1.5 * h)(0.0, problem.params, data))
+    # Inside a solve the run-time check becomes a MeasurementError naming the flow once.
+    with pytest.raises(dl.MeasurementError, match=r"^PrincipalFlow: h \* lambda_i >= 1") as info:
+        dl.solve(dl.PrincipalFlow(problem.loss, 1.5 * h), problem.params, h, args=data)
+    assert str(info.value).count("PrincipalFlow") == 1
     with pytest.raises(dl.InputError, match="method"):
         dl.PrincipalFlow(problem.loss, h, method="eig")
 

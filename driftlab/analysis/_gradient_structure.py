@@ -34,9 +34,10 @@ class GradientStructure(eqx.Module):
       the non-gradient part of the linearised field.
     - `symmetric_norm`: $\|\tfrac12(J + J^\top)\|_F$ (estimate).
     - `coefficient_asymmetry`, `coefficient_antisymmetric_norm`: the same per
-      coefficient $f_0, \dots, f_p$ of a `ModifiedFlow` (else empty).
+      coefficient $f_0, \dots, f_p$ of an `AbstractSeriesFlow` (`ModifiedFlow`,
+      `CorrectedField`; else empty).
     - `tolerance`, `num_probes`; `is_gradient`: every relative asymmetry is at
-      most `tolerance`.
+      most `tolerance`; `coefficient_is_gradient`: the verdict per coefficient.
     """
 
     relative_asymmetry: float
@@ -46,6 +47,11 @@ class GradientStructure(eqx.Module):
     coefficient_antisymmetric_norm: tuple[float, ...]
     tolerance: float
     num_probes: int
+
+    @property
+    def coefficient_is_gradient(self) -> tuple[bool, ...]:
+        r"""The verdict per coefficient $f_0, \dots, f_p$ (empty for a flow without them)."""
+        return tuple(a <= self.tolerance for a in self.coefficient_asymmetry)
 
     @property
     def is_gradient(self) -> bool:
@@ -129,7 +135,8 @@ def is_gradient_field(
     linearised once); see
     `GradientStructure` for the statistic. A field is a gradient,
     $f = -\nabla \tilde L$, iff $J$ is symmetric everywhere; this checks it at `y`.
-    For a `ModifiedFlow` every coefficient $f_k$ is measured too (for
+    For an `AbstractSeriesFlow` (`ModifiedFlow`, `CorrectedField`) every
+    coefficient $f_k$ is measured too, in the same pass (for
     simultaneous or alternating game updates $f_0$ is already rotational; for
     an SGD epoch with fixed batch order $f_1$ carries the antisymmetric
     $\frac{1}{2m}\sum_{i<j}(H_j g_i - H_i g_j)$).
@@ -145,7 +152,7 @@ def is_gradient_field(
 
     **Returns:** a `GradientStructure`.
     """
-    from ..flows import ModifiedFlow
+    from ..flows import AbstractSeriesFlow
 
     if not isinstance(num_probes, int) or num_probes < 1:
         raise InputError(f"`num_probes` must be a positive integer, got {num_probes!r}.")
@@ -154,7 +161,7 @@ def is_gradient_field(
     check_float64_tree(y, "y")
     key = jr.key(0) if key is None else key
     flat, unravel = ravel_pytree(y)
-    per_coefficient = isinstance(flow, ModifiedFlow)
+    per_coefficient = isinstance(flow, AbstractSeriesFlow)
 
     key_u, key_v = jr.split(key)
     us = jr.normal(key_u, (num_probes, flat.size), flat.dtype)

@@ -1,7 +1,7 @@
 """Vector fields `flow(t, y, args)`: gradient flow, IGR, and the modified flows of BEA."""
 
 from ._adaptive import AdamFlow as AdamFlow, RMSPropFlow as RMSPropFlow
-from ._base import AbstractFlow as AbstractFlow
+from ._base import AbstractFlow as AbstractFlow, AbstractSeriesFlow as AbstractSeriesFlow
 from ._cancellation import (
     CorrectedField as CorrectedField,
     default_target as default_target,

@@ -1,6 +1,10 @@
 import abc
 
 import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.tree_util as jtu
+import numpy as np
 from equinox import AbstractVar
 from jaxtyping import Array, Float
 
@@ -47,3 +51,40 @@ class AbstractFlow(eqx.Module):
             f"{type(self).__name__} is not a gradient flow, so it has no modified "
             "loss; use `driftlab.is_gradient_field` to measure its non-gradient part."
         )
+
+
+def series_in_h(coefficients: list[Y], h: RealScalarLike) -> Y:
+    r"""$\sum_{k} h^k c_k$ for PyTrees $c_0, \dots, c_p$ of one structure (Horner's rule)."""
+    total = coefficients[-1]
+    for coefficient in reversed(coefficients[:-1]):
+        total = jtu.tree_map(lambda t, c: c + h * t, total, coefficient)
+    return total
+
+
+class AbstractSeriesFlow(AbstractFlow):
+    r"""A flow given by its coefficients: $f_h = \sum_{k=0}^{p} h^k f_k$.
+
+    Subclass it and implement `coefficients(y, args)`, which returns
+    $[f_0(y), \dots, f_p(y)]$; `__call__` sums them at the flow's `h`, and
+    `driftlab.is_gradient_field` measures each coefficient as well as the sum.
+    `h` (a non-negative real scalar) and `order` (a non-negative integer) are
+    checked on construction.
+    """
+
+    @abc.abstractmethod
+    def coefficients(self, y: Y, args: Args) -> list[Y]:
+        r"""**Returns:** $[f_0(y), \dots, f_p(y)]$, each with the PyTree structure of `y`."""
+
+    def __call__(self, t: RealScalarLike, y: Y, args: Args) -> Y:
+        del t
+        return series_in_h(self.coefficients(y, args), self.h)
+
+    def __check_init__(self):
+        if isinstance(self.order, bool) or not isinstance(self.order, int) or self.order < 0:
+            raise InputError(f"`order` must be a non-negative integer, got {self.order!r}.")
+        if jnp.ndim(self.h) != 0 or not jnp.issubdtype(jnp.result_type(self.h), jnp.floating):
+            raise InputError(f"`h` must be a real scalar, got {self.h!r}.")
+        if not isinstance(self.h, jax.core.Tracer) and not (
+            np.isfinite(float(self.h)) and float(self.h) >= 0
+        ):
+            raise InputError(f"`h` must be finite and non-negative, got {float(self.h)}.")

@@ -35,7 +35,7 @@ from ..integrators import (
     SimultaneousGD,
 )
 from ..integrators._maps import num_batches
-from ._base import AbstractFlow
+from ._base import AbstractFlow, AbstractSeriesFlow, series_in_h
 from ._games import SimultaneousGameFlow
 from ._gradient import GradientFlow
 from ._losses import epoch_loss
@@ -244,7 +244,7 @@ def _step_series(step: AbstractStepMap, params: Y, args: Args, order: int) -> li
     return [s / f for s, f in zip(series, factorials)]  # the state is the parameters
 
 
-class CorrectedField(AbstractFlow):
+class CorrectedField(AbstractSeriesFlow):
     r"""The field that makes a step map follow a chosen flow: drift cancellation, to any order.
 
     Given a map built from a loss (or a field) and a **target** flow
@@ -312,11 +312,14 @@ class CorrectedField(AbstractFlow):
     `coefficients(y, args)` returns $[g_0, \dots, g_p]$; `flow(t, y, args)`
     the sum at `h`; `driven_map()` the map driven by this field (use it with
     `driftlab.iterate`, `driftlab.order_of_accuracy`, ...);
-    `gradient_structure` says whether each $g_k$ is a gradient; where all are,
+    `driftlab.is_gradient_field(field, y, args).coefficient_is_gradient` says
+    whether each $g_k$ is a gradient; where all are,
     `modified_loss` is the corrected loss $\tilde L_h$ with
     $g_h = -\nabla\tilde L_h$, to train on with any optimiser. For gradient
     descent towards gradient flow that is $p \le 1$ on nonlinear losses:
-    $g_2$ is not a gradient (see `gradient_structure`); the driven map, or
+    $g_2$ is not a gradient (measured relative asymmetry 0.44 on the MLP on
+    digits: the time-$h$ map of a gradient flow has a non-symmetric Jacobian;
+    on quadratics every $g_k$ is a gradient); the driven map, or
     `loss_like` with any gradient optimiser, works at every order.
 
     !!! example
@@ -371,14 +374,6 @@ class CorrectedField(AbstractFlow):
     def __check_init__(self):
         if not isinstance(self.step_map, _SUPPORTED):
             default_target(self.step_map)  # raises, naming the supported maps
-        if isinstance(self.order, bool) or not isinstance(self.order, int) or self.order < 0:
-            raise InputError(f"`order` must be a non-negative integer, got {self.order!r}.")
-        if jnp.ndim(self.h) != 0 or not jnp.issubdtype(jnp.result_type(self.h), jnp.floating):
-            raise InputError(f"`h` must be a real scalar, got {self.h!r}.")
-        if not isinstance(self.h, jax.core.Tracer) and not (
-            np.isfinite(float(self.h)) and float(self.h) >= 0
-        ):
-            raise InputError(f"`h` must be finite and non-negative, got {float(self.h)}.")
         if not callable(self.target):
             raise InputError("`target` must be a flow, callable as `target(t, y, args)`.")
 
@@ -413,16 +408,7 @@ class CorrectedField(AbstractFlow):
     def evaluate(self, y: Y, args: Args, h: RealScalarLike) -> Y:
         r"""$g_h(y) = \sum_{k \le p} h^k g_k(y)$ at any step size `h` (a polynomial in `h`)."""
         # Not compiled on its own: it is traced inside the Taylor expansions of the recursion.
-        coefficients = self._coefficients(y, args)
-        field = coefficients[-1]
-        for coefficient in reversed(coefficients[:-1]):
-            field = jtu.tree_map(lambda f, c: c + h * f, field, coefficient)
-        return field
-
-    def __call__(self, t: RealScalarLike, y: Y, args: Args) -> Y:
-        del t
-        coefficients = self.coefficients(y, args)
-        return jtu.tree_map(lambda *cs: sum(self.h**k * c for k, c in enumerate(cs)), *coefficients)
+        return series_in_h(self._coefficients(y, args), h)
 
     def driven_map(self) -> "DrivenStepMap":
         """The step map driven by this field at whatever `h` it is called with."""
@@ -436,27 +422,6 @@ class CorrectedField(AbstractFlow):
         For games use `driven_map()`, which gives each player its block.
         """
         return _pseudo_loss(lambda p, a, _: self(0.0, p, a), self.h, args, None)(params, None)
-
-    def gradient_structure(self, y: Y, args: Args = None, **kwargs) -> tuple:
-        r"""Is each $g_k$ a gradient field at `y`? One `driftlab.GradientStructure` per $g_0..g_p$.
-
-        Measured by `driftlab.is_gradient_field` on each coefficient (keyword
-        arguments are passed on). For gradient descent towards gradient flow,
-        $g_0 = -\nabla L$ and $g_1 = \frac12 H\nabla L$ are gradients, but
-        $g_2 = -\frac16(T[\nabla L, \nabla L] + H^2\nabla L)$ is not on a
-        nonlinear loss (the time-$h$ map of a gradient flow has a non-symmetric
-        Jacobian; measured relative asymmetry 0.44 on the MLP on digits), so
-        the corrected *loss* exists to order 1 only; on quadratics every $g_k$
-        is a gradient. For simultaneous GD on the bilinear game $g_0$ and $g_2$
-        are rotations and $g_1$ is a gradient (the square of a rotation is
-        symmetric).
-        """
-        from ..analysis._gradient_structure import is_gradient_field
-
-        return tuple(
-            is_gradient_field(_Coefficient(self, k), y, args, **kwargs)
-            for k in range(self.order + 1)
-        )
 
     def _potential(self, y: Y, args: Args, reference: Y) -> Scalar:
         base, first = 0.0, 0
@@ -501,15 +466,18 @@ class CorrectedField(AbstractFlow):
         quadrature), so training on it with `optax` is training with $g_h$.
 
         **Raises:** `InputError` when some $g_k$ is not a gradient at `y`
-        (checked with `gradient_structure` outside `jit`).
+        (checked with `driftlab.is_gradient_field` outside `jit`).
         """
         if not any(isinstance(leaf, jax.core.Tracer) for leaf in jtu.tree_leaves(y)):
-            structures = self.gradient_structure(y, args, num_probes=2)
-            if not all(s.is_gradient for s in structures):
+            from ..analysis._gradient_structure import is_gradient_field
+
+            structure = is_gradient_field(self, y, args, num_probes=2)
+            if not structure.is_gradient:
+                asymmetry = [f"{a:.2g}" for a in structure.coefficient_asymmetry]
                 raise InputError(
                     "`y`: the corrected field is not a gradient there (relative asymmetry of "
-                    f"g_0..g_p: {[f'{s.relative_asymmetry:.2g}' for s in structures]}), so it "
-                    "has no corrected loss; drive the map with `driven_map()` or `loss_like`."
+                    f"g_0..g_p: {asymmetry}), so it has no corrected loss; drive the map with "
+                    "`driven_map()` or `loss_like`."
                 )
         if reference is None:
             reference = jtu.tree_map(jnp.zeros_like, y)
@@ -529,17 +497,6 @@ class CorrectedField(AbstractFlow):
 @eqx.filter_jit
 def _compiled_coefficients(corrected: CorrectedField, y: Y, args: Args) -> list[Y]:
     return corrected._coefficients(y, args)
-
-
-class _Coefficient(eqx.Module):
-    """The field $g_k$ of a `CorrectedField` alone, as a flow (for `is_gradient_field`)."""
-
-    corrected: CorrectedField
-    k: int = eqx.field(static=True)
-
-    def __call__(self, t, y, args):
-        del t
-        return self.corrected._coefficients(y, args)[self.k]
 
 
 class DrivenStepMap(AbstractStepMap):

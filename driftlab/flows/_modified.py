@@ -15,11 +15,11 @@ from jax.extend import core as jex_core
 from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, Float
 
-from .._custom_types import Args, RealScalarLike, Scalar, Y
+from .._custom_types import Args, Scalar, Y
 from .._errors import InputError, StabilityWarning
 from .._tree import tree_vdot
 from ..integrators import AbstractEulerStepMap, AbstractStepMap, HeavyBall, Nesterov
-from ._base import AbstractFlow
+from ._base import AbstractSeriesFlow
 
 
 #: Newton iterations for the auxiliary state's fixed point at `h = 0`.
@@ -282,7 +282,7 @@ def _existence_bound(step: AbstractStepMap) -> float | None:
     return None
 
 
-class ModifiedFlow(AbstractFlow):
+class ModifiedFlow(AbstractSeriesFlow):
     r"""The modified flow of any one-step map, to any order, by automatic differentiation.
 
     For a map $\Phi_h$ that tends to the identity as $h \to 0$, the modified
@@ -382,14 +382,6 @@ class ModifiedFlow(AbstractFlow):
                 "`step_map` must be a driftlab.AbstractStepMap, got "
                 f"{type(self.step_map).__name__}."
             )
-        if isinstance(self.order, bool) or not isinstance(self.order, int) or self.order < 0:
-            raise InputError(f"`order` must be a non-negative integer, got {self.order!r}.")
-        if jnp.ndim(self.h) != 0 or not jnp.issubdtype(jnp.result_type(self.h), jnp.floating):
-            raise InputError(f"`h` must be a real scalar, got {self.h!r}.")
-        if not isinstance(self.h, jax.core.Tracer) and not (
-            np.isfinite(float(self.h)) and float(self.h) >= 0
-        ):
-            raise InputError(f"`h` must be finite and non-negative, got {float(self.h)}.")
 
     def coefficients(self, y: Y, args: Args) -> list[Y]:
         r"""$[f_0(y), \dots, f_p(y)]$, each with the PyTree structure of the parameters `y`.
@@ -401,14 +393,6 @@ class ModifiedFlow(AbstractFlow):
         fields, flags = _expand(self, y, args, "coefficients")
         unravel_params = ravel_pytree(y)[1]
         return [unravel_params(f) for f in _checked(fields, flags)]
-
-    def __call__(self, t: RealScalarLike, y: Y, args: Args) -> Y:
-        del t
-        coefficients = self.coefficients(y, args)
-        field = coefficients[-1]
-        for coefficient in reversed(coefficients[:-1]):
-            field = jtu.tree_map(lambda f, c: c + self.h * f, field, coefficient)
-        return field
 
     def slow_state(self, params: Y, args: Args) -> Y:
         r"""The map's full state over `params` on the slow manifold, to $O(h^{p+1})$.

@@ -142,6 +142,7 @@ def solve(
         ts = jnp.asarray(ts, dtype=jnp.float64)
         if ts.ndim != 1 or np.any(np.diff(np.asarray(ts)) < 0):
             raise InputError("`ts` must be a one-dimensional increasing array of times.")
+    name = type(flow).__name__
     complex_state = any(jnp.iscomplexobj(leaf) for leaf in jtu.tree_leaves(y0))
     if complex_state:
         flow, y0 = _ComplexAsReal(flow), _split_complex(y0)
@@ -158,11 +159,14 @@ def solve(
             max_steps,
         )
     except eqx.EquinoxRuntimeError as error:
-        raise MeasurementError(f"{type(flow).__name__}: {runtime_error_message(error)}") from None
+        message = runtime_error_message(error)
+        if not message.startswith(name):
+            message = f"{name}: {message}"
+        raise MeasurementError(message) from None
     if not bool(sol.successful):
         t_last, norm_last = _last_finite_point(flow, y0, t0, t1, args, rtol, atol, max_steps)
         raise MeasurementError(
-            f"the diffrax solve of {type(flow).__name__} from t0={float(t0)} to "
+            f"the diffrax solve of {name} from t0={float(t0)} to "
             f"t1={float(t1)} failed after {int(sol.num_steps)} steps "
             f"({diffrax.RESULTS[sol.result]!s}). The solution was last seen at t={t_last:.6g} "
             f"with norm {norm_last:.6g}. If it blows up, the flow's solution does not "
