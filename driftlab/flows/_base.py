@@ -10,6 +10,11 @@ from jaxtyping import Array, Float
 
 from .._custom_types import Args, RealScalarLike, Scalar, Y
 from .._errors import InputError
+from .._tree import tree_vdot
+
+
+#: Gauss-Legendre nodes of the line integrals that turn gradient fields into losses.
+QUADRATURE_NODES = 16
 
 
 class AbstractFlow(eqx.Module):
@@ -88,3 +93,40 @@ class AbstractSeriesFlow(AbstractFlow):
             np.isfinite(float(self.h)) and float(self.h) >= 0
         ):
             raise InputError(f"`h` must be finite and non-negative, got {float(self.h)}.")
+
+
+def require_gradient_field(flow: AbstractFlow, y: Y, args: Args, advice: str) -> None:
+    """Raise `InputError` (with `advice`) unless `flow` and its coefficients are gradients at `y`.
+
+    Measured with `driftlab.is_gradient_field` (two probes), outside `jit` only: under
+    `jit` the values are unknown and the check is skipped.
+    """
+    if any(isinstance(leaf, jax.core.Tracer) for leaf in jtu.tree_leaves(y)):
+        return
+    from ..analysis._gradient_structure import is_gradient_field
+
+    structure = is_gradient_field(flow, y, args, num_probes=2)
+    if not structure.is_gradient:
+        raise InputError(
+            f"`y`: {type(flow).__name__} is not a gradient field there (relative asymmetry "
+            f"of its Jacobian {structure.relative_asymmetry:.3g}, per coefficient "
+            f"{[f'{a:.2g}' for a in structure.coefficient_asymmetry]}), so it has no loss; "
+            + advice
+        )
+
+
+def segment_potential(field, y: Y, reference: Y) -> Scalar:
+    r"""$-\int_0^1 F\big(r + s(y - r)\big)\cdot(y - r)\,ds$ for a field $F$ = `field(point)`.
+
+    Gauss–Legendre quadrature with `QUADRATURE_NODES` nodes along the segment from
+    `reference` $r$ to $y$: exact for polynomial fields up to degree 31 along the
+    segment (quadratic losses), spectrally accurate for analytic ones. For
+    $F = -\nabla \tilde L$ it is $\tilde L(y) - \tilde L(r)$.
+    """
+    nodes, node_weights = np.polynomial.legendre.leggauss(QUADRATURE_NODES)
+    direction = jtu.tree_map(lambda a, b: a - b, y, reference)
+    total = 0.0
+    for node, weight in zip((nodes + 1) / 2, node_weights / 2):
+        point = jtu.tree_map(lambda r, v: r + node * v, reference, direction)
+        total = total - weight * tree_vdot(field(point), direction)
+    return total

@@ -15,7 +15,6 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
-import numpy as np
 from jax.experimental import jet
 from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, Float
@@ -35,11 +34,17 @@ from ..integrators import (
     SimultaneousGD,
 )
 from ..integrators._maps import num_batches
-from ._base import AbstractFlow, AbstractSeriesFlow, series_in_h
+from ._base import (
+    AbstractFlow,
+    AbstractSeriesFlow,
+    require_gradient_field,
+    segment_potential,
+    series_in_h,
+)
 from ._games import SimultaneousGameFlow
 from ._gradient import GradientFlow
 from ._losses import epoch_loss
-from ._modified import _layout, _slow_manifold, QUADRATURE_NODES
+from ._modified import _layout, _slow_manifold
 from ._momentum import HeavyBallFlow
 
 
@@ -431,22 +436,16 @@ class CorrectedField(AbstractSeriesFlow):
                 base, first = weight * self.target.modified_loss(y, args), 1
             except (InputError, AttributeError):
                 pass
-        nodes, node_weights = np.polynomial.legendre.leggauss(QUADRATURE_NODES)
-        direction = jtu.tree_map(lambda a, b: a - b, y, reference)
-        total = base
-        for node, weight in zip((nodes + 1) / 2, node_weights / 2):
-            point = jtu.tree_map(lambda r, v: r + node * v, reference, direction)
-            coefficients = self.coefficients(point, args)[first:]
-            field = (
-                jtu.tree_map(
-                    lambda *cs: sum(self.h ** (k + first) * c for k, c in enumerate(cs)),
-                    *coefficients,
-                )
-                if coefficients
-                else jtu.tree_map(jnp.zeros_like, y)
-            )
-            total = total - weight * tree_vdot(field, direction)
-        return total
+        if first > self.order:
+            return base
+        scale = self.h**first
+        return base + segment_potential(
+            lambda point: jtu.tree_map(
+                lambda f: scale * f, series_in_h(self.coefficients(point, args)[first:], self.h)
+            ),
+            y,
+            reference,
+        )
 
     def modified_loss(self, y: Y, args: Args, *, reference: Y | None = None) -> Scalar:
         r"""The corrected loss $\tilde L_h$, $g_h = -\nabla\tilde L_h$ (where $g_h$ is a gradient).
@@ -468,17 +467,7 @@ class CorrectedField(AbstractSeriesFlow):
         **Raises:** `InputError` when some $g_k$ is not a gradient at `y`
         (checked with `driftlab.is_gradient_field` outside `jit`).
         """
-        if not any(isinstance(leaf, jax.core.Tracer) for leaf in jtu.tree_leaves(y)):
-            from ..analysis._gradient_structure import is_gradient_field
-
-            structure = is_gradient_field(self, y, args, num_probes=2)
-            if not structure.is_gradient:
-                asymmetry = [f"{a:.2g}" for a in structure.coefficient_asymmetry]
-                raise InputError(
-                    "`y`: the corrected field is not a gradient there (relative asymmetry of "
-                    f"g_0..g_p: {asymmetry}), so it has no corrected loss; drive the map with "
-                    "`driven_map()` or `loss_like`."
-                )
+        require_gradient_field(self, y, args, "drive the map with `driven_map()` or `loss_like`.")
         if reference is None:
             reference = jtu.tree_map(jnp.zeros_like, y)
 

@@ -17,9 +17,8 @@ from jaxtyping import Array, Float
 
 from .._custom_types import Args, Scalar, Y
 from .._errors import InputError, StabilityWarning
-from .._tree import tree_vdot
 from ..integrators import AbstractEulerStepMap, AbstractStepMap, HeavyBall, Nesterov
-from ._base import AbstractSeriesFlow
+from ._base import AbstractSeriesFlow, require_gradient_field, segment_potential
 
 
 #: Newton iterations for the auxiliary state's fixed point at `h = 0`.
@@ -29,8 +28,6 @@ RESONANCE_TOLERANCE = 1e-6
 #: Relative tolerance of the checks that the map is the identity in the parameters at
 #: `h = 0`, that its auxiliary Jacobian is diagonal, and that the fixed point converged.
 CONSISTENCY_TOLERANCE = 1e-8
-#: Gauss-Legendre nodes of the line integral in `ModifiedFlow.modified_loss`.
-QUADRATURE_NODES = 16
 
 
 def _jet_scan(primals_in, series_in, *, jaxpr, num_consts, num_carry, length, reverse, **params):
@@ -442,27 +439,12 @@ class ModifiedFlow(AbstractSeriesFlow):
         (checked with `is_gradient_field`, outside `jit` only): games, SGD
         epochs with fixed batch order.
         """
-        from ..analysis._gradient_structure import is_gradient_field
-
-        if not any(isinstance(leaf, jax.core.Tracer) for leaf in jtu.tree_leaves(y)):
-            structure = is_gradient_field(self, y, args, num_probes=2)
-            if not structure.is_gradient:
-                raise InputError(
-                    "`flow` is not a gradient field at `y` (relative asymmetry of its "
-                    f"Jacobian {structure.relative_asymmetry:.3g}, per coefficient "
-                    f"{[f'{a:.2g}' for a in structure.coefficient_asymmetry]}), so it has "
-                    "no modified loss; the antisymmetric part is its non-gradient drift."
-                )
+        require_gradient_field(
+            self, y, args, "the antisymmetric part of its Jacobian is its non-gradient drift."
+        )
         if reference is None:
             reference = jtu.tree_map(jnp.zeros_like, y)
-        nodes, node_weights = np.polynomial.legendre.leggauss(QUADRATURE_NODES)
-        direction = jtu.tree_map(lambda a, b: a - b, y, reference)
-        total = 0.0
-        for node, weight in zip((nodes + 1) / 2, node_weights / 2):
-            point = jtu.tree_map(lambda r, v: r + node * v, reference, direction)
-            field = self(0.0, point, args)
-            total = total - weight * tree_vdot(field, direction)
-        return total
+        return segment_potential(lambda point: self(0.0, point, args), y, reference)
 
 
 @eqx.filter_jit
