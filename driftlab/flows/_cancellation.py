@@ -44,23 +44,9 @@ from ._base import (
 from ._games import SimultaneousGameFlow
 from ._gradient import GradientFlow
 from ._losses import epoch_loss
-from ._modified import _layout, _slow_manifold
 from ._momentum import HeavyBallFlow
+from ._taylor import slow_manifold, state_layout
 
-
-def _jet_scatter(primals_in, series_in, **params):
-    """Taylor-mode rule for `lax.scatter` (`x.at[i].set(v)`), linear in `(x, v)`; jet has none."""
-    operand, indices, updates = primals_in
-    out = jax.lax.scatter_p.bind(operand, indices, updates, **params)
-    series = [
-        jax.lax.scatter_p.bind(x, indices, v, **params) for x, v in zip(series_in[0], series_in[2])
-    ]
-    return out, series
-
-
-# The slow manifold of a momentum map sets its auxiliary state with `.at[].set`; nested in the
-# Taylor expansion of a driven map (the recursion below) that scatter is expanded too.
-jet.jet_rules.setdefault(jax.lax.scatter_p, _jet_scatter)
 
 _SINGLE_LOSS_MAPS = (GradientDescent, SGD, SGDEpoch, HeavyBall, Nesterov)
 _GAME_MAPS = (SimultaneousGD, AlternatingGD)
@@ -226,12 +212,12 @@ def _step_series(step: AbstractStepMap, params: Y, args: Args, order: int) -> li
     r"""Taylor coefficients $[h^1], \dots, [h^K]$ in $h$ of the parameters after one step.
 
     Maps with auxiliary state start on their slow manifold, expanded to
-    $O(h^{K-1})$ as `ModifiedFlow` does (`_slow_manifold`), so the step's
+    $O(h^{K-1})$ as `ModifiedFlow` does (`slow_manifold`), so the step's
     parameters are right to $O(h^K)$. Ravelled; `jet` speaks derivatives
     (term $m$ is $m!$ times the Taylor coefficient), converted both ways here.
     """
     template = step.init(params, args)
-    layout = _layout(step, template, params)
+    layout = state_layout(step, template, params)
     u0 = ravel_pytree(step.with_parameters(template, params))[0]
 
     def map_flat(u, h):
@@ -241,7 +227,7 @@ def _step_series(step: AbstractStepMap, params: Y, args: Args, order: int) -> li
     h_series = [jnp.ones((), u0.dtype)] + [zero] * (order - 1)
     factorials = [float(math.factorial(m)) for m in range(1, order + 1)]
     if layout.aux_index.size:
-        u0, slow, _ = _slow_manifold(map_flat, u0, layout, order - 1)
+        u0, slow, _ = slow_manifold(map_flat, u0, layout, order - 1)
         u_series = [c * f for c, f in zip([*slow, jnp.zeros_like(u0)], factorials)]
         series = jet.jet(map_flat, (u0, zero), (u_series, h_series))[1]
         return [s[layout.theta_index] / f for s, f in zip(series, factorials)]

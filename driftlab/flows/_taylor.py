@@ -1,0 +1,280 @@
+r"""Taylor-mode expansions in the step size shared by `ModifiedFlow` and `CorrectedField`.
+
+Iterates of a one-step map as Taylor series in $h$ (`jax.experimental.jet`, with
+rules for `scan` and `scatter`, which it lacks), the weights of the logarithm of
+the shift operator, and the slow manifold of maps with auxiliary state.
+"""
+
+import math
+from collections.abc import Callable
+from typing import NamedTuple
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.tree_util as jtu
+import numpy as np
+from jax.experimental import jet
+from jax.extend import core as jex_core
+from jax.flatten_util import ravel_pytree
+
+from .._custom_types import Y
+from .._errors import InputError
+from ..integrators import AbstractStepMap
+
+
+#: Newton iterations for the auxiliary state's fixed point at `h = 0`.
+FIXED_POINT_ITERATIONS = 6
+#: `I - D` counts as singular (resonance) when some `|1 - d_i|` is below this.
+RESONANCE_TOLERANCE = 1e-6
+#: Relative tolerance of the checks that the map is the identity in the parameters at
+#: `h = 0`, that its auxiliary Jacobian is diagonal, and that the fixed point converged.
+CONSISTENCY_TOLERANCE = 1e-8
+
+
+def _jet_scan(primals_in, series_in, *, jaxpr, num_consts, num_carry, length, reverse, **params):
+    """Taylor-mode rule for `lax.scan` (jet has none): unroll and propagate the series."""
+    del params
+    body = jex_core.jaxpr_as_fun(jaxpr)
+    carry_end = num_consts + num_carry
+    consts, carry, xs = (
+        primals_in[:num_consts],
+        primals_in[num_consts:carry_end],
+        primals_in[carry_end:],
+    )
+    consts_series, carry_series = series_in[:num_consts], series_in[num_consts:carry_end]
+    xs_series = series_in[carry_end:]
+    ys, ys_series = [], []
+    for i in reversed(range(length)) if reverse else range(length):
+        x = [leaf[i] for leaf in xs]
+        x_series = [[term[i] for term in terms] for terms in xs_series]
+        out, out_series = jet.jet(
+            body,
+            (*consts, *carry, *x),
+            (*consts_series, *carry_series, *x_series),
+            factorial_scaled=False,  # the rules' own convention: Taylor coefficients
+        )
+        carry, carry_series = out[:num_carry], out_series[:num_carry]
+        ys.append(out[num_carry:])
+        ys_series.append(out_series[num_carry:])
+    if reverse:
+        ys, ys_series = ys[::-1], ys_series[::-1]
+    order = len(series_in[0])
+    stacked = [jnp.stack(column) for column in zip(*ys)] if ys and ys[0] else []
+    stacked_series = [
+        [jnp.stack([per_step[k][m] for per_step in ys_series]) for m in range(order)]
+        for k in range(len(stacked))
+    ]
+    return [*carry, *stacked], [*carry_series, *stacked_series]
+
+
+# `jax.experimental.jet` has no rule for `scan`, which `SGDEpoch` (and any map that loops
+# over batches with `lax.scan`) uses; this one unrolls the loop, which is exact.
+jet.jet_rules.setdefault(jax.lax.scan_p, _jet_scan)
+
+
+#: What each consistency flag of an expansion means (raised as `InputError`).
+PROBLEMS = (
+    "`step_map`: the Jacobian D of its auxiliary state at h = 0 has an eigenvalue 1, "
+    "so I - D is singular and no slow manifold is isolated (the state is not slaved "
+    "to the parameters). A step counter does this, e.g. `Adam(bias_correction=True)`, "
+    "whose count makes the map non-autonomous; use `bias_correction=False`.",
+    "`step_map`: the Jacobian of its auxiliary state at h = 0 is not diagonal "
+    "(each auxiliary entry must decay on its own, as momentum and Adam/RMSProp "
+    "moments do); ModifiedFlow's slow manifold needs a diagonal one.",
+    "`step_map`: the auxiliary state has no fixed point at h = 0 that Newton's method "
+    "finds from `step_map.init(params)`.",
+    "`step_map` at h = 0 must leave the parameters unchanged (and its auxiliary "
+    "state at its fixed point): backward error analysis needs a map that tends "
+    "to the identity as h -> 0.",
+)
+
+
+def checked(x, flags):
+    """`x`, after raising `InputError` for each concretely set flag (`eqx.error_if` under jit)."""
+    for bad, message in zip(flags, PROBLEMS):
+        if isinstance(bad, jax.core.Tracer) or isinstance(x, jax.core.Tracer):
+            x = eqx.error_if(x, bad, message)
+        elif bool(bad):
+            raise InputError(message)
+    return x
+
+
+class Layout(NamedTuple):
+    """Where the parameters and the auxiliary state sit in the ravelled map state."""
+
+    theta_index: np.ndarray
+    aux_index: np.ndarray
+    unravel: Callable
+
+
+def state_layout(step: AbstractStepMap, template: Y, params: Y) -> Layout:
+    flat_template, unravel = ravel_pytree(template)
+    size = flat_template.size
+    num_params = sum(np.size(leaf) for leaf in jtu.tree_leaves(params))
+    # Mark the parameters 1..n, in ravel order (numpy, so that it stays concrete under `jit`).
+    param_leaves, param_def = jtu.tree_flatten(params)
+    ends = np.cumsum([np.size(leaf) for leaf in param_leaves])
+    marks = np.split(np.arange(1, num_params + 1, dtype=np.float64), ends[:-1])
+    marked_params = jtu.tree_unflatten(
+        param_def, [m.reshape(np.shape(leaf)) for m, leaf in zip(marks, param_leaves)]
+    )
+    zeros = jtu.tree_map(lambda x: np.zeros(np.shape(x)), template)
+    leaves = jtu.tree_leaves(step.with_parameters(zeros, marked_params))
+    try:
+        marks = np.concatenate([np.ravel(np.asarray(leaf)) for leaf in leaves])
+    except (TypeError, jax.errors.TracerArrayConversionError) as error:
+        raise InputError(
+            "`step_map.with_parameters` must place the parameters into the state "
+            "unchanged (a PyTree substitution)."
+        ) from error
+    positions = np.flatnonzero(marks)
+    if marks.size != size or positions.size != num_params:
+        raise InputError(
+            "`step_map.with_parameters(state, params)` must hold the parameters as "
+            f"leaves of the state: found {positions.size} of {num_params} parameters."
+        )
+    theta_index = positions[np.argsort(marks[positions])]
+    aux_index = np.setdiff1d(np.arange(size), theta_index)
+    return Layout(theta_index, aux_index, unravel)
+
+
+def _taylor_step(map_flat, u, coefficients, order: int):
+    r"""$\Phi_h(u(h))$ in Taylor coefficients: $u(h) = u + \sum_{m=1}^{K} c_m h^m$, at $h = 0$.
+
+    `coefficients=None` means a constant `u`: only the map's own `h` is expanded.
+    `jet` is called with `factorial_scaled=False`, so its series are Taylor
+    coefficients (not derivatives) in and out.
+    """
+    zero = jnp.zeros((), u.dtype)
+    h_series = [jnp.ones((), u.dtype)] + [zero] * (order - 1)
+    if coefficients is None:
+        return jet.jet(lambda h: map_flat(u, h), (zero,), (h_series,), factorial_scaled=False)
+    return jet.jet(map_flat, (u, zero), (list(coefficients), h_series), factorial_scaled=False)
+
+
+def weighted_iterates(map_flat, u, coefficients, order: int, weights: np.ndarray):
+    r"""$\sum_{j \ge 1} w_j c_{j,m}$ over the Taylor coefficients $c_{j,m}$ of $\Phi_h^j(u(h))$.
+
+    Iterate $j$ is fed iterate $j - 1$'s series, so each costs one jet. Iterates
+    $2, 3, \ldots$ run in a `lax.scan` (one compiled jet for all of them), with the
+    weighted sum accumulated in the carry (memory: `order` state vectors).
+
+    **Returns:** the primal of the first iterate ($\Phi_0(u(0))$) and the sums.
+    """
+    first, coefficients = _taylor_step(map_flat, u, coefficients, order)
+    sums = [weights[0] * c for c in coefficients]
+
+    def body(carry, weight):
+        u, coefficients, sums = carry
+        u, coefficients = _taylor_step(map_flat, u, coefficients, order)
+        return (u, coefficients, [s + weight * c for s, c in zip(sums, coefficients)]), None
+
+    if len(weights) > 1:
+        rest = jnp.asarray(weights[1:], dtype=u.dtype)
+        sums = jax.lax.scan(body, (first, coefficients, sums), rest)[0][2]
+    return first, sums
+
+
+def euler_weighted_iterates(field_flat, u, order: int, weights: np.ndarray):
+    r"""`weighted_iterates` for an explicit Euler map $\Phi_h(y) = y + h\,G(y)$.
+
+    With $y_j(h) = u + \sum_{k=1}^{K} c_{j,k} h^k$ ($K$ = `order`), the recursion is
+    $c_{j+1,k} = c_{j,k} + [G(y_j)]_{k-1}$, with $[\cdot]_m$ the $h^m$ Taylor
+    coefficient: a jet of $G$ of order $K - 1$, one less than the map's own. At
+    $K = 2$ that jet is linear in $c_{j,1}$, so one linearisation of $G$ at $u$
+    serves every iterate.
+    """
+    g0, linear = jax.linearize(field_flat, u)
+    zero = jnp.zeros_like(u)
+    coefficients = [g0] + [zero] * (order - 1)
+    sums = [weights[0] * c for c in coefficients]
+
+    def body(carry, weight):
+        coefficients, sums = carry
+        if order == 1:
+            higher = []
+        elif order == 2:
+            higher = [linear(coefficients[0])]
+        else:
+            higher = jet.jet(field_flat, (u,), (coefficients[:-1],), factorial_scaled=False)[1]
+        coefficients = [coefficients[0] + g0, *(c + g for c, g in zip(coefficients[1:], higher))]
+        return (coefficients, [s + weight * c for s, c in zip(sums, coefficients)]), None
+
+    if len(weights) > 1:
+        rest = jnp.asarray(weights[1:], dtype=u.dtype)
+        sums = jax.lax.scan(body, (coefficients, sums), rest)[0][1]
+    return sums
+
+
+def difference_weights(n: int) -> np.ndarray:
+    r"""$\Delta^n y_0 = \sum_{j=0}^n (-1)^{n-j}\binom{n}{j} y_j$: the weights."""
+    return np.array([(-1) ** (n - j) * math.comb(n, j) for j in range(n + 1)], dtype=np.float64)
+
+
+def log_weights(n: int) -> np.ndarray:
+    r"""Weights $w_j$ with $\sum_{k=1}^{n} \frac{(-1)^{k+1}}{k}\Delta^k y_0 = \sum_j w_j y_j$."""
+    weights = np.zeros(n + 1)
+    for k in range(1, n + 1):
+        weights[: k + 1] += (-1) ** (k + 1) / k * difference_weights(k)
+    return weights
+
+
+def slow_manifold(map_flat, u0, layout: Layout, order: int):
+    r"""The slow state over `params` as a series $a_0 + a_1 h + \dots + a_p h^p$.
+
+    $a_0$ is the fixed point of the auxiliary map at $h = 0$ (Newton). The
+    invariant curve $Z(s)$, $Z(s+1) = \Phi_h(Z(s))$, has $Z_k = O(h^k)$, so its
+    integer samples, the iterates, satisfy $\Delta^{i+1} y_0 = O(h^{i+1})$. The
+    $h^i$ coefficient of the auxiliary part of $\Delta^{i+1} y_0$ is linear in
+    $a_i$ with matrix $(D - I)^{i+1}$ (D: the auxiliary Jacobian at $h = 0$) plus
+    terms in $a_0..a_{i-1}$, so one pass of $i + 1$ iterates at Taylor order $i$
+    gives $a_i$ exactly.
+
+    **Returns:** `(u0, series, flags)`: the state at the fixed point, the full-size
+    coefficient vectors $a_1..a_p$ (zero on the parameters), and the first three
+    consistency flags of `PROBLEMS`.
+    """
+    aux_index = layout.aux_index
+    zero = jnp.zeros((), u0.dtype)
+
+    def aux_map(a):
+        return map_flat(u0.at[aux_index].set(a), zero)[aux_index]
+
+    a = u0[aux_index]
+    ones = jnp.ones_like(a)
+    for _ in range(FIXED_POINT_ITERATIONS):
+        value, d = jax.jvp(aux_map, (a,), (ones,))
+        a = a - (a - value) / (1 - d)
+    value, d = jax.jvp(aux_map, (a,), (ones,))
+    probe = jnp.cos(1.0 + jnp.arange(a.size, dtype=a.dtype) * 0.7548776662466927)
+    off_diagonal = jnp.linalg.norm(jax.jvp(aux_map, (a,), (probe,))[1] - d * probe)
+    scale = 1 + jnp.max(jnp.abs(d))
+    flags = [
+        jnp.min(jnp.abs(1 - d)) < RESONANCE_TOLERANCE,
+        off_diagonal > CONSISTENCY_TOLERANCE * scale * jnp.linalg.norm(probe),
+        jnp.linalg.norm(a - value) > CONSISTENCY_TOLERANCE * (1 + jnp.linalg.norm(a)),
+    ]
+    u0 = u0.at[aux_index].set(a)
+    series = []
+    for i in range(1, order + 1):
+        weights = difference_weights(i + 1)[1:]
+        _, sums = weighted_iterates(map_flat, u0, [*series, jnp.zeros_like(u0)], i, weights)
+        residual = sums[-1][aux_index]
+        series.append(jnp.zeros_like(u0).at[aux_index].set(-residual / (d - 1) ** (i + 1)))
+    return u0, series, flags
+
+
+def _jet_scatter(primals_in, series_in, **params):
+    """Taylor-mode rule for `lax.scatter` (`x.at[i].set(v)`), linear in `(x, v)`; jet has none."""
+    operand, indices, updates = primals_in
+    out = jax.lax.scatter_p.bind(operand, indices, updates, **params)
+    series = [
+        jax.lax.scatter_p.bind(x, indices, v, **params) for x, v in zip(series_in[0], series_in[2])
+    ]
+    return out, series
+
+
+# The slow manifold of a momentum map sets its auxiliary state with `.at[].set`; nested in the
+# Taylor expansion of a driven map (the recursion below) that scatter is expanded too.
+jet.jet_rules.setdefault(jax.lax.scatter_p, _jet_scatter)
