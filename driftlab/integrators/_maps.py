@@ -86,6 +86,16 @@ class AbstractEulerStepMap(AbstractStepMap):
         return _axpy(h, self.euler_field(y, args), y)
 
 
+class _AbstractParamsInStateMap(AbstractStepMap):
+    """A map whose state is an `eqx.Module` holding the parameters in its `params` field."""
+
+    def parameters(self, y: eqx.Module) -> Y:
+        return y.params
+
+    def with_parameters(self, y: eqx.Module, params: Y) -> eqx.Module:
+        return eqx.tree_at(lambda state: state.params, y, params)
+
+
 class GradientDescent(AbstractEulerStepMap):
     r"""Gradient descent, $\theta_{n+1} = \theta_n - h \nabla L(\theta_n)$.
 
@@ -181,7 +191,7 @@ class MomentumState(eqx.Module):
     momentum: Y
 
 
-class HeavyBall(AbstractStepMap):
+class HeavyBall(_AbstractParamsInStateMap):
     r"""Heavy-ball momentum (Polyak), in optax's form.
 
     $$m_{n+1} = \beta m_n + \nabla L(\theta_n), \qquad \theta_{n+1} = \theta_n - h m_{n+1},$$
@@ -206,14 +216,8 @@ class HeavyBall(AbstractStepMap):
         del args
         return MomentumState(params, jtu.tree_map(jnp.zeros_like, params))
 
-    def parameters(self, y: MomentumState) -> Y:
-        return y.params
 
-    def with_parameters(self, y: MomentumState, params: Y) -> MomentumState:
-        return MomentumState(params, y.momentum)
-
-
-class Nesterov(AbstractStepMap):
+class Nesterov(_AbstractParamsInStateMap):
     r"""Nesterov momentum, in optax's (Sutskever et al.) form.
 
     $$m_{n+1} = \beta m_n + \nabla L(\theta_n), \qquad
@@ -236,12 +240,6 @@ class Nesterov(AbstractStepMap):
         del args
         return MomentumState(params, jtu.tree_map(jnp.zeros_like, params))
 
-    def parameters(self, y: MomentumState) -> Y:
-        return y.params
-
-    def with_parameters(self, y: MomentumState, params: Y) -> MomentumState:
-        return MomentumState(params, y.momentum)
-
 
 def _preconditioned(nu, eps, eps_inside_sqrt: bool):
     """`sqrt(nu + eps)` or `sqrt(nu) + eps`: the two conventions papers use."""
@@ -263,7 +261,7 @@ class AdamState(eqx.Module):
     count: Float[Array, ""] | None
 
 
-class Adam(AbstractStepMap):
+class Adam(_AbstractParamsInStateMap):
     r"""Adam (Kingma & Ba 2015), matching `optax.adam` by default.
 
     $$m' = \beta_1 m + (1-\beta_1) g,\quad v' = \beta_2 v + (1-\beta_2) g^2,\quad
@@ -313,12 +311,6 @@ class Adam(AbstractStepMap):
         count = jnp.zeros((), jnp.result_type(float)) if self.bias_correction else None
         return AdamState(params, zeros, zeros, count)
 
-    def parameters(self, y: AdamState) -> Y:
-        return y.params
-
-    def with_parameters(self, y: AdamState, params: Y) -> AdamState:
-        return AdamState(params, y.mu, y.nu, y.count)
-
 
 class RMSPropState(eqx.Module):
     """State of `RMSProp`: the parameters and the running mean of squared gradients."""
@@ -327,7 +319,7 @@ class RMSPropState(eqx.Module):
     nu: Y
 
 
-class RMSProp(AbstractStepMap):
+class RMSProp(_AbstractParamsInStateMap):
     r"""RMSProp (Tieleman & Hinton 2012), matching `optax.rmsprop` by default.
 
     $$v' = \rho v + (1-\rho) g^2, \qquad \theta' = \theta - h\,\frac{g}{\sqrt{v' + \epsilon}},$$
@@ -360,12 +352,6 @@ class RMSProp(AbstractStepMap):
     def init(self, params: Y, args: Args = None) -> RMSPropState:
         del args
         return RMSPropState(params, jtu.tree_map(jnp.zeros_like, params))
-
-    def parameters(self, y: RMSPropState) -> Y:
-        return y.params
-
-    def with_parameters(self, y: RMSPropState, params: Y) -> RMSPropState:
-        return RMSPropState(params, y.nu)
 
 
 class SimultaneousGD(AbstractEulerStepMap):
@@ -436,7 +422,7 @@ class OptaxState(eqx.Module):
     opt_state: optax.OptState
 
 
-class OptaxStepMap(AbstractStepMap):
+class OptaxStepMap(_AbstractParamsInStateMap):
     r"""Any optax `GradientTransformation` as a step map.
 
     `make_optimiser(h)` builds the transformation for step size `h` (for
@@ -457,9 +443,3 @@ class OptaxStepMap(AbstractStepMap):
     def init(self, params: Y, args: Args = None) -> OptaxState:
         del args
         return OptaxState(params, self.make_optimiser(1.0).init(params))
-
-    def parameters(self, y: OptaxState) -> Y:
-        return y.params
-
-    def with_parameters(self, y: OptaxState, params: Y) -> OptaxState:
-        return OptaxState(params, y.opt_state)
