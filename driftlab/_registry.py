@@ -77,10 +77,16 @@ OPTIMISERS: dict[str, Callable] = {
             hyper.get("b2", 0.999),
             hyper.get("eps", 1e-8),
             bias_correction=False,
+            eps_inside_sqrt=bool(hyper.get("eps_inside_sqrt", 0.0)),
         )
     ),
     "rmsprop": _full_batch(
-        lambda loss, hyper: RMSProp(loss, hyper.get("rho", 0.9), hyper.get("eps", 1e-8))
+        lambda loss, hyper: RMSProp(
+            loss,
+            hyper.get("rho", 0.9),
+            hyper.get("eps", 1e-8),
+            eps_inside_sqrt=bool(hyper.get("eps_inside_sqrt", 1.0)),
+        )
     ),
     "simultaneous-gd": _game(SimultaneousGD),
     "alternating-gd": _game(AlternatingGD),
