@@ -81,7 +81,7 @@ PROBLEMS = (
     "whose count makes the map non-autonomous; use `bias_correction=False`.",
     "`step_map`: the Jacobian of its auxiliary state at h = 0 is not diagonal "
     "(each auxiliary entry must decay on its own, as momentum and Adam/RMSProp "
-    "moments do); ModifiedFlow's slow manifold needs a diagonal one.",
+    "moments do); the slow manifold needs a diagonal one.",
     "`step_map`: the auxiliary state has no fixed point at h = 0 that Newton's method "
     "finds from `step_map.init(params)`.",
     "`step_map` at h = 0 must leave the parameters unchanged (and its auxiliary "
@@ -153,27 +153,37 @@ def _taylor_step(map_flat, u, coefficients, order: int):
     return jet.jet(map_flat, (u, zero), (list(coefficients), h_series), factorial_scaled=False)
 
 
+def _accumulate(advance, state, coefficients, weights: np.ndarray):
+    r"""$\sum_{j \ge 1} w_j c_{j,m}$ given iterate 1's coefficients and a rule to advance them.
+
+    `advance(state, coefficients)` returns iterate $j + 1$'s `(state, coefficients)`
+    from iterate $j$'s. Iterates $2, 3, \ldots$ run in a `lax.scan` (one compiled
+    step for all of them), with the weighted sum accumulated in the carry (memory:
+    `order` state vectors).
+    """
+    sums = [weights[0] * c for c in coefficients]
+
+    def body(carry, weight):
+        state, coefficients, sums = carry
+        state, coefficients = advance(state, coefficients)
+        return (state, coefficients, [s + weight * c for s, c in zip(sums, coefficients)]), None
+
+    if len(weights) > 1:
+        rest = jnp.asarray(weights[1:], dtype=coefficients[0].dtype)
+        sums = jax.lax.scan(body, (state, coefficients, sums), rest)[0][2]
+    return sums
+
+
 def weighted_iterates(map_flat, u, coefficients, order: int, weights: np.ndarray):
     r"""$\sum_{j \ge 1} w_j c_{j,m}$ over the Taylor coefficients $c_{j,m}$ of $\Phi_h^j(u(h))$.
 
-    Iterate $j$ is fed iterate $j - 1$'s series, so each costs one jet. Iterates
-    $2, 3, \ldots$ run in a `lax.scan` (one compiled jet for all of them), with the
-    weighted sum accumulated in the carry (memory: `order` state vectors).
+    Iterate $j$ is fed iterate $j - 1$'s series, so each costs one jet.
 
     **Returns:** the primal of the first iterate ($\Phi_0(u(0))$) and the sums.
     """
     first, coefficients = _taylor_step(map_flat, u, coefficients, order)
-    sums = [weights[0] * c for c in coefficients]
-
-    def body(carry, weight):
-        u, coefficients, sums = carry
-        u, coefficients = _taylor_step(map_flat, u, coefficients, order)
-        return (u, coefficients, [s + weight * c for s, c in zip(sums, coefficients)]), None
-
-    if len(weights) > 1:
-        rest = jnp.asarray(weights[1:], dtype=u.dtype)
-        sums = jax.lax.scan(body, (first, coefficients, sums), rest)[0][2]
-    return first, sums
+    advance = lambda u, coefficients: _taylor_step(map_flat, u, coefficients, order)
+    return first, _accumulate(advance, first, coefficients, weights)
 
 
 def euler_weighted_iterates(field_flat, u, order: int, weights: np.ndarray):
@@ -186,25 +196,18 @@ def euler_weighted_iterates(field_flat, u, order: int, weights: np.ndarray):
     serves every iterate.
     """
     g0, linear = jax.linearize(field_flat, u)
-    zero = jnp.zeros_like(u)
-    coefficients = [g0] + [zero] * (order - 1)
-    sums = [weights[0] * c for c in coefficients]
 
-    def body(carry, weight):
-        coefficients, sums = carry
+    def advance(state, coefficients):
         if order == 1:
             higher = []
         elif order == 2:
             higher = [linear(coefficients[0])]
         else:
             higher = jet.jet(field_flat, (u,), (coefficients[:-1],), factorial_scaled=False)[1]
-        coefficients = [coefficients[0] + g0, *(c + g for c, g in zip(coefficients[1:], higher))]
-        return (coefficients, [s + weight * c for s, c in zip(sums, coefficients)]), None
+        return state, [coefficients[0] + g0, *(c + g for c, g in zip(coefficients[1:], higher))]
 
-    if len(weights) > 1:
-        rest = jnp.asarray(weights[1:], dtype=u.dtype)
-        sums = jax.lax.scan(body, (coefficients, sums), rest)[0][1]
-    return sums
+    coefficients = [g0] + [jnp.zeros_like(u)] * (order - 1)
+    return _accumulate(advance, None, coefficients, weights)
 
 
 def difference_weights(n: int) -> np.ndarray:
