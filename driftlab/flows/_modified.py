@@ -60,7 +60,7 @@ class ModifiedFlow(AbstractSeriesFlow):
     Taylor-mode AD (`jax.experimental.jet`) through $p + 1$ applications of
     the map, each fed the previous one's series (one jet of order $p + 1$ per
     iterate; the first one expands only the map's own $h$). For an
-    `AbstractEulerStepMap` ($y + h\,G(y)$: `GradientDescent`, `SimultaneousGD`,
+    `AbstractEulerStepMap` ($y + h\,G(y)$: `GradientDescent`, `SGD`, `SimultaneousGD`,
     `ExplicitEuler`) only $G$ is expanded, to order $p$, and at order 1 one
     linearisation of $G$ serves every iterate, so order 1 costs what the
     hand-written `IGRFlow` field costs. Nothing is differentiated numerically,

@@ -23,8 +23,8 @@ def _axpy(a, x, y):
     return jtu.tree_map(lambda xi, yi: a * xi + yi, x, y)
 
 
-def _gradient_step(loss: Loss, params: Y, h: RealScalarLike, batch: Args) -> Y:
-    return _axpy(-h, jax.grad(loss)(params, batch), params)
+def _negative_gradient(loss: Loss, params: Y, batch: Args) -> Y:
+    return jtu.tree_map(jnp.negative, jax.grad(loss)(params, batch))
 
 
 class AbstractStepMap(eqx.Module):
@@ -105,10 +105,10 @@ class GradientDescent(AbstractEulerStepMap):
     loss: Loss
 
     def euler_field(self, y: Y, args: Args) -> Y:
-        return jtu.tree_map(jnp.negative, jax.grad(self.loss)(y, args))
+        return _negative_gradient(self.loss, y, args)
 
 
-class SGD(AbstractStepMap):
+class SGD(AbstractEulerStepMap):
     r"""One minibatch step $\theta_{n+1} = \theta_n - h \nabla L_{B}(\theta_n)$.
 
     The batch `B` is `args`; use `SGDEpoch` for a sequence of batches.
@@ -116,8 +116,8 @@ class SGD(AbstractStepMap):
 
     loss: Loss
 
-    def __call__(self, y: Y, h: RealScalarLike, args: Args) -> Y:
-        return _gradient_step(self.loss, y, h, args)
+    def euler_field(self, y: Y, args: Args) -> Y:
+        return _negative_gradient(self.loss, y, args)
 
 
 def num_batches(batches: Args) -> int:
@@ -150,7 +150,7 @@ class SGDEpoch(AbstractStepMap):
         num_batches(args)
 
         def minibatch_step(params, batch):
-            return _gradient_step(self.loss, params, h, batch), None
+            return SGD(self.loss)(params, h, batch), None
 
         return jax.lax.scan(minibatch_step, y, args)[0]
 
