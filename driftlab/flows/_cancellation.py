@@ -217,11 +217,11 @@ def _step_series(step: AbstractStepMap, params: Y, args: Args, order: int) -> li
     (term $m$ is $m!$ times the Taylor coefficient), converted both ways here.
     """
     template = step.init(params, args)
-    layout = state_layout(step, template, params)
-    u0 = ravel_pytree(step.with_parameters(template, params))[0]
+    layout = state_layout(step, template, params, args)
+    u0 = layout.ravel(step.with_parameters(template, params))
 
     def map_flat(u, h):
-        return ravel_pytree(step(layout.unravel(u), h, args))[0]
+        return layout.ravel(step(layout.unravel(u), h, args))
 
     zero = jnp.zeros((), u0.dtype)
     h_series = [jnp.ones((), u0.dtype)] + [zero] * (order - 1)

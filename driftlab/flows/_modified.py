@@ -149,6 +149,7 @@ class ModifiedFlow(AbstractSeriesFlow):
         parameters at $h = 0$, or (auxiliary state) if $I - D$ is singular or
         $D$ not diagonal; under `jit` these become runtime errors.
         """
+        self.step_map.check_expansion(y, self.h, args)
         fields, flags = _expand(self, y, args, "coefficients")
         unravel_params = ravel_pytree(y)[1]
         return [unravel_params(f) for f in checked(fields, flags)]
@@ -165,6 +166,7 @@ class ModifiedFlow(AbstractSeriesFlow):
 
         **Raises:** `InputError` as `coefficients` does.
         """
+        self.step_map.check_expansion(params, self.h, args)
         state, flags = _expand(self, params, args, "slow_state")
         state = checked(state, flags[:3])
         bound = _existence_bound(self.step_map)
@@ -181,7 +183,8 @@ class ModifiedFlow(AbstractSeriesFlow):
                     StabilityWarning,
                     stacklevel=2,
                 )
-        return state_layout(self.step_map, self.step_map.init(params, args), params).unravel(state)
+        layout = state_layout(self.step_map, self.step_map.init(params, args), params, args)
+        return layout.unravel(state)
 
     def modified_loss(self, y: Y, args: Args, *, reference: Y | None = None) -> Scalar:
         r"""The modified loss $\tilde L_h$ with $f_h = -\nabla\tilde L_h$ and $\tilde L_h(r) = 0$.
@@ -217,11 +220,11 @@ def _expand(flow: ModifiedFlow, params: Y, args: Args, what: str):
     """
     step = flow.step_map
     template = step.init(params, args)
-    layout = state_layout(step, template, params)
-    u0 = ravel_pytree(template)[0].at[layout.theta_index].set(ravel_pytree(params)[0])
+    layout = state_layout(step, template, params, args)
+    u0 = layout.ravel(template).at[layout.theta_index].set(ravel_pytree(params)[0])
 
     def map_flat(u, h):
-        return ravel_pytree(step(layout.unravel(u), h, args))[0]
+        return layout.ravel(step(layout.unravel(u), h, args))
 
     series, flags = [], [jnp.asarray(False)] * 3
     if layout.aux_index.size:

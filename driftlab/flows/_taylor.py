@@ -21,6 +21,7 @@ from jax.flatten_util import ravel_pytree
 from .._custom_types import Y
 from .._errors import InputError
 from ..integrators import AbstractStepMap
+from ..integrators._jaxpr import CLEAN, counter_rule, RAW, walk
 
 
 #: Newton iterations for the auxiliary state's fixed point at `h = 0`.
@@ -73,6 +74,35 @@ def _jet_scan(primals_in, series_in, *, jaxpr, num_consts, num_carry, length, re
 jet.jet_rules.setdefault(jax.lax.scan_p, _jet_scan)
 
 
+_POW_RULE = jet.jet_rules[jax.lax.pow_p]
+
+
+def _jet_pow(primals_in, series_in):
+    r"""Taylor-mode rule for `x ** n` that also takes an integer `n` (a step counter).
+
+    jet's own rule multiplies `n` by `log(x)`, which fails for integer `n`; an
+    integer has no series, so $v = u^n$ follows Miller's recurrence
+    $v_k = \sum_{j=1}^{k} ((n+1) j - k)\, u_j v_{k-j} / (k u_0)$, and $v_k = 0$
+    where $u_0 = 0$ (exact for $n \ge k$: counters sit at `BURNED_IN_COUNT`).
+    """
+    x, n = primals_in
+    if not jnp.issubdtype(jnp.result_type(n), jnp.integer):
+        return _POW_RULE(primals_in, series_in)
+    r = n.astype(jnp.result_type(x))
+    u, v = [x, *series_in[0]], [jax.lax.pow(x, n)]
+    nonzero = x != 0
+    safe = jnp.where(nonzero, x, 1)
+    for k in range(1, len(u)):
+        total = sum(((r + 1) * j - k) * u[j] * v[k - j] for j in range(1, k + 1))
+        v.append(jnp.where(nonzero, total / (k * safe), 0))
+    return v[0], v[1:]
+
+
+# optax's bias correction raises a decay rate to its integer step count inside a `jit`,
+# whose jet rule gives the count a series of integer zeros.
+jet.jet_rules[jax.lax.pow_p] = _jet_pow
+
+
 #: What each consistency flag of an expansion means (raised as `InputError`).
 PROBLEMS = (
     "`step_map`: the Jacobian D of its auxiliary state at h = 0 has an eigenvalue 1, "
@@ -100,16 +130,98 @@ def checked(x, flags):
     return x
 
 
+#: The count at which step counters are held in every expansion: "after burn-in".
+#: Any bias correction $1 - b^n$ with $b < 1 - 10^{-6}$ is then exactly 1 in float64.
+BURNED_IN_COUNT = 2**30
+
+
 class Layout(NamedTuple):
-    """Where the parameters and the auxiliary state sit in the ravelled map state."""
+    """Where the parameters and the auxiliary state sit in the ravelled map state.
+
+    Step counters are not ravelled: `unravel(u)` puts them back at
+    `BURNED_IN_COUNT`, `ravel(state)` leaves them out.
+    """
 
     theta_index: np.ndarray
     aux_index: np.ndarray
     unravel: Callable
+    ravel: Callable
 
 
-def state_layout(step: AbstractStepMap, template: Y, params: Y) -> Layout:
-    flat_template, unravel = ravel_pytree(template)
+def _is_counter_update(jaxpr, index: int) -> bool:
+    """Whether output `index` of `jaxpr` is input `index` plus one (a float step counter)."""
+    out = jaxpr.outvars[index]
+    for eqn in jaxpr.eqns:
+        if out in eqn.outvars:
+            if eqn.primitive.name != "add":
+                return False
+            one = [a for a in eqn.invars if isinstance(a, jex_core.Literal)]
+            return jaxpr.invars[index] in eqn.invars and len(one) == 1 and one[0].val == 1
+    return False
+
+
+def _counter_mask(step: AbstractStepMap, template: Y, args) -> list[bool]:
+    r"""Which leaves of the state are step counters; raises if they do more than bias-correct.
+
+    Integer leaves, and float scalars the map updates as `count + 1`, are
+    counters. The map's jaxpr is walked (`counter_rule`): counters may reach the
+    rest of the state only through terms $b^n$, $|b| < 1$, that vanish as
+    $n \to \infty$ (bias corrections). Their effect is then $O(b^{t/h})$ at time
+    $t = n h$, beyond every power of $h$, so the modified series is that of the
+    map with $b^n = 0$: the counters are held at `BURNED_IN_COUNT`.
+    """
+    leaves_with_paths, treedef = jtu.tree_flatten_with_path(template)
+    leaves = [leaf for _, leaf in leaves_with_paths]
+    integer = [jnp.issubdtype(jnp.result_type(leaf), jnp.integer) for leaf in leaves]
+    scalar = [jnp.ndim(leaf) == 0 for leaf in leaves]
+    if not any(integer) and not any(scalar):
+        return [False] * len(leaves)
+
+    def leaves_map(leaves, h):
+        return jtu.tree_leaves(step(jtu.tree_unflatten(treedef, leaves), h, args))
+
+    closed = jax.make_jaxpr(leaves_map)(leaves, jnp.zeros((), jnp.float64))
+    counters = [
+        i or (s and _is_counter_update(closed.jaxpr, k))
+        for k, (i, s) in enumerate(zip(integer, scalar))
+    ]
+    if not any(counters):
+        return counters
+    in_tags = [(RAW, False) if c else (CLEAN, True) for c in counters] + [(CLEAN, True)]
+    first_raw = []
+    out_tags = walk(closed, in_tags, counter_rule(first_raw), (CLEAN, False))[0]
+    if any(kind == RAW for (kind, _), c in zip(out_tags, counters) if not c):
+        names = ", ".join(
+            f"`state{jtu.keystr(path)}`" for (path, _), c in zip(leaves_with_paths, counters) if c
+        )
+        raise InputError(
+            f"`step_map`: time-dependent step. Its update depends on the step counter "
+            f"{names} other than through a bias correction 1/(1 - b**count) "
+            f"(first at {first_raw[0] if first_raw else 'an unknown primitive'}): a "
+            "learning-rate schedule, or another change of the step with time, makes the "
+            "map non-autonomous, and it has no modified flow. Use a constant step, e.g. "
+            "`OptaxStepMap(loss, lambda h: optax.adam(h))`."
+        )
+    return counters
+
+
+def state_layout(step: AbstractStepMap, template: Y, params: Y, args=None) -> Layout:
+    counters = _counter_mask(step, template, args)
+    treedef = jtu.tree_structure(template)
+    expanded = jtu.tree_unflatten(treedef, [not c for c in counters])
+    burned_in = [
+        jnp.full(jnp.shape(leaf), BURNED_IN_COUNT, jnp.result_type(leaf)) if c else None
+        for leaf, c in zip(jtu.tree_leaves(template), counters)
+    ]
+    flat_template, unravel_expanded = ravel_pytree(eqx.filter(template, expanded))
+
+    def ravel(state):
+        return ravel_pytree(eqx.filter(state, expanded))[0]
+
+    def unravel(u):
+        kept = jtu.tree_leaves(unravel_expanded(u))[::-1]
+        return jtu.tree_unflatten(treedef, [kept.pop() if c is None else c for c in burned_in])
+
     size = flat_template.size
     num_params = sum(np.size(leaf) for leaf in jtu.tree_leaves(params))
     # Mark the parameters 1..n, in ravel order (numpy, so that it stays concrete under `jit`).
@@ -122,21 +234,23 @@ def state_layout(step: AbstractStepMap, template: Y, params: Y) -> Layout:
     zeros = jtu.tree_map(lambda x: np.zeros(np.shape(x)), template)
     leaves = jtu.tree_leaves(step.with_parameters(zeros, marked_params))
     try:
-        marks = np.concatenate([np.ravel(np.asarray(leaf)) for leaf in leaves])
+        marks = np.concatenate(
+            [np.ravel(np.asarray(leaf)) for leaf, c in zip(leaves, counters) if not c]
+        )
     except (TypeError, jax.errors.TracerArrayConversionError) as error:
         raise InputError(
             "`step_map.with_parameters` must place the parameters into the state "
             "unchanged (a PyTree substitution)."
         ) from error
     positions = np.flatnonzero(marks)
-    if marks.size != size or positions.size != num_params:
+    if len(leaves) != len(counters) or marks.size != size or positions.size != num_params:
         raise InputError(
             "`step_map.with_parameters(state, params)` must hold the parameters as "
             f"leaves of the state: found {positions.size} of {num_params} parameters."
         )
     theta_index = positions[np.argsort(marks[positions])]
     aux_index = np.setdiff1d(np.arange(size), theta_index)
-    return Layout(theta_index, aux_index, unravel)
+    return Layout(theta_index, aux_index, unravel, ravel)
 
 
 def _taylor_step(map_flat, u, coefficients, order: int):

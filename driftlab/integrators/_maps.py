@@ -13,6 +13,7 @@ import optax
 from jaxtyping import Array, Float
 
 from .._custom_types import Args, RealScalarLike, Scalar, Y
+from ._optax import check_update
 
 
 Loss = Callable[[Y, Args], Scalar]
@@ -67,6 +68,14 @@ class AbstractStepMap(eqx.Module):
         """The flow time that one call of the map covers: `h` for a single step."""
         del args
         return h
+
+    def check_expansion(self, params: Y, h: RealScalarLike, args: Args) -> None:
+        """Raise `InputError` where the map has no series in `h` at `params`.
+
+        `ModifiedFlow` calls it before expanding. The default checks nothing;
+        maps built from parts driftlab did not write (`OptaxStepMap`) inspect them.
+        """
+        del params, h, args
 
 
 class AbstractEulerStepMap(AbstractStepMap):
@@ -429,6 +438,33 @@ class OptaxStepMap(_AbstractParamsInStateMap):
     example `lambda h: optax.adam(h)`), so that `h` stays an explicit,
     differentiable argument. One call applies one update to the gradient of
     `loss(params, args)`.
+
+    **Backward error analysis** (`driftlab.ModifiedFlow`) takes any
+    transformation that is smooth and autonomous; the moments of `adam`,
+    `adamw`, `nadam`, `adabelief`, `rmsprop` and momentum are auxiliary state
+    with a slow manifold. **Step counters** (integer leaves of the optax state,
+    and float scalars updated as `count + 1`) are carried, never expanded. A
+    counter may reach the update only through a bias correction
+    $1/(1 - b^n)$, $0 \le b < 1$: at time $t = n h$,
+
+    $$\frac{1}{1 - b^{n}} - 1 = \frac{b^{t/h}}{1 - b^{t/h}} = O\big(e^{-t|\log b|/h}\big),$$
+
+    which vanishes faster than any power of $h$ at fixed $t > 0$, so it has no
+    term in the modified series: the modified flow of bias-corrected Adam, after
+    its burn-in ($b_2^n$ negligible, a few hundred steps at $b_2 = 0.99$), is that
+    of uncorrected Adam. The expansion holds every counter at
+    $n = 2^{30}$, where $b^n = 0$ exactly in float64 for $b < 1 - 10^{-6}$, and
+    `slow_state` returns that burned-in count. Smooth terms that do not involve
+    the counter, such as `adamw`'s weight decay $-h\lambda\theta$, are expanded
+    like the rest of the update.
+
+    Before any number is computed, `check_expansion` (called by `ModifiedFlow`)
+    raises `driftlab.InputError` naming the primitive and the transformation's
+    line for: a non-smooth update (`sign` in `lion`, `max`/`abs` in `adamax`,
+    an active `clip_by_global_norm`); an accumulator that does not decay
+    (`adagrad`: eigenvalue 1, no slow manifold); a counter that reaches the
+    update other than through a decaying power (a learning-rate schedule: a
+    time-dependent step). The docs' optax page lists the common optimisers.
     """
 
     loss: Loss
@@ -443,3 +479,12 @@ class OptaxStepMap(_AbstractParamsInStateMap):
     def init(self, params: Y, args: Args = None) -> OptaxState:
         del args
         return OptaxState(params, self.make_optimiser(1.0).init(params))
+
+    def check_expansion(self, params: Y, h: RealScalarLike, args: Args) -> None:
+        """Raise `InputError` where the transformation has no modified flow at `params`.
+
+        Reads the jaxpr of `make_optimiser(h).update` at the gradient of
+        `params` and the initial optax state (see above and the docs' optax page).
+        """
+        grads = jax.grad(self.loss)(params, args)
+        check_update(self.make_optimiser(h), grads, self.init(params, args).opt_state, params)

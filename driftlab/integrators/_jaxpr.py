@@ -1,0 +1,172 @@
+r"""A forward walk over a traced function's jaxpr, carrying a tag per value.
+
+Backward error analysis needs maps that are smooth and autonomous; both are
+properties of the traced update, so they are read off its jaxpr: each value
+gets a tag (which inputs it depends on, and how), computed primitive by
+primitive by a `rule`, and, when the inputs are concrete, its value too. Calls
+(`jit`, `custom_jvp_call`, `custom_vjp_call`, `checkpoint`) are walked into, so
+a `sign` inside a jitted helper is seen as `sign`.
+"""
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+from jax.extend import core as jex_core
+
+
+#: Parameters under which call-like primitives keep the jaxpr they run (inputs map 1:1).
+_CALL_JAXPR_PARAMS = ("jaxpr", "call_jaxpr", "fun_jaxpr")
+#: Control flow whose inputs do not map 1:1 onto one body; the rule sees them whole.
+_CONTROL_FLOW = frozenset({"cond", "while", "scan"})
+
+Rule = Callable[[Any, Sequence[Any], Sequence[Any] | None, str], Sequence[Any]]
+
+
+def _called_jaxpr(eqn):
+    if eqn.primitive.name in _CONTROL_FLOW:
+        return None
+    for key in _CALL_JAXPR_PARAMS:
+        sub = eqn.params.get(key)
+        if sub is not None:
+            return sub
+    return None
+
+
+def where(eqn) -> str:
+    """The first frame outside JAX that issued `eqn`: `file:line (function)`, or ''."""
+    traceback = eqn.source_info.traceback
+    if traceback is None:
+        return ""
+    for frame in traceback.frames:
+        name = frame.file_name.replace("\\", "/")
+        if "/jax/" not in name and "/jaxlib/" not in name and "/equinox/" not in name:
+            short = "/".join(name.split("/")[-3:])
+            return f"{short}:{frame.line_num} ({frame.function_name})"
+    return ""
+
+
+def _concrete(value) -> bool:
+    return value is not None and not isinstance(value, jax.core.Tracer)
+
+
+def walk(
+    closed: Any,
+    in_tags: Sequence[Any],
+    rule: Rule,
+    constant_tag: Any,
+    in_values: Sequence[Any] | None = None,
+    *,
+    evaluate: bool = False,
+    location: str = "",
+):
+    """Tags (and values) of the outputs of `closed`.
+
+    `rule(eqn, tags, values, location)` returns the output tags of one
+    primitive; `values[i]` is the concrete value of input `i`, or `None` when it
+    is unknown (traced, or not evaluated). Literals and closed-over constants
+    carry `constant_tag` and their values. With `evaluate`, every primitive is
+    also evaluated on `in_values` (concrete or traced). `location` names where
+    the outermost enclosing call was issued.
+    """
+    jaxpr = getattr(closed, "jaxpr", closed)
+    consts = list(getattr(closed, "consts", []))
+    tags, values = {}, {}
+
+    def read(atom):
+        if isinstance(atom, jex_core.Literal):
+            return constant_tag, atom.val
+        return tags[atom], values.get(atom)
+
+    for var, const in zip(jaxpr.constvars, consts):
+        tags[var], values[var] = constant_tag, const
+    for i, var in enumerate(jaxpr.invars):
+        tags[var] = in_tags[i]
+        values[var] = None if in_values is None else in_values[i]
+    for eqn in jaxpr.eqns:
+        read_in = [read(a) for a in eqn.invars]
+        eqn_tags = [t for t, _ in read_in]
+        eqn_values = [v for _, v in read_in]
+        here = location or where(eqn)
+        sub = _called_jaxpr(eqn)
+        if sub is not None:
+            out_tags, out_values = walk(
+                sub, eqn_tags, rule, constant_tag, eqn_values, evaluate=evaluate, location=here
+            )
+        else:
+            known = [v if _concrete(v) else None for v in eqn_values]
+            out_tags = rule(eqn, eqn_tags, known, here)
+            out_values = [None] * len(eqn.outvars)
+            if evaluate:
+                result = eqn.primitive.bind(*eqn_values, **eqn.params)
+                out_values = result if eqn.primitive.multiple_results else [result]
+        for var, tag, value in zip(eqn.outvars, out_tags, out_values):
+            tags[var], values[var] = tag, value
+    out = [read(a) for a in jaxpr.outvars]
+    return [t for t, _ in out], [v for _, v in out]
+
+
+#: Counter dependence of a value: none, through a power `b**count` with |b| < 1 (it
+#: vanishes geometrically as the count grows), or any other way.
+CLEAN, GEOMETRIC, RAW = 0, 1, 2
+_PASS_THROUGH = frozenset(
+    {
+        "convert_element_type",
+        "broadcast_in_dim",
+        "reshape",
+        "squeeze",
+        "expand_dims",
+        "copy",
+        "copy_p",
+        "neg",
+        "transpose",
+        "reduce_precision",
+    }
+)
+
+
+def counter_rule(first_raw: list):
+    r"""The `walk` rule that tracks how step counters reach a map's outputs.
+
+    A tag is `(kind, data)`: `kind` is `CLEAN`, `GEOMETRIC` or `RAW` (see
+    above), `data` whether the value depends on the non-counter inputs. A bias
+    correction $1/(1 - b^n)$ stays `CLEAN`: $b^n$ is `GEOMETRIC`, a product with
+    a geometric factor is geometric, and a constant plus a geometric term
+    converges to the constant. Anything else that meets a counter (a schedule
+    $\eta(n)$, a warm-up that multiplies the update, `count % k`) is `RAW`.
+    `first_raw` receives the location of the first primitive that mixes a `RAW`
+    counter value with the data.
+    """
+
+    def rule(eqn, tags, values, location):
+        kinds = [kind for kind, _ in tags]
+        data = any(d for _, d in tags)
+        name = eqn.primitive.name
+        kind = max(kinds, default=CLEAN)
+        if kind == CLEAN:
+            pass
+        elif name == "pow" and kinds[0] == CLEAN and not tags[0][1]:
+            # A base known only at run time (a traced hyperparameter) is taken to decay.
+            base = values[0]
+            kind = RAW if base is not None and abs(float(base)) >= 1 else GEOMETRIC
+        elif name == "mul" and GEOMETRIC in kinds:
+            kind = GEOMETRIC
+        elif name == "div" and kinds[0] == GEOMETRIC and kinds[1] != GEOMETRIC:
+            kind = GEOMETRIC
+        elif name in ("add", "sub", "add_any") and GEOMETRIC in kinds and RAW not in kinds:
+            constants = [not d for (k, d) in tags if k == CLEAN]
+            if not constants:
+                kind = GEOMETRIC
+            elif all(constants):
+                kind, data = CLEAN, any(d for (k, d) in tags if k == GEOMETRIC)
+            else:
+                kind = RAW
+        elif name in _PASS_THROUGH:
+            pass
+        else:
+            kind = RAW
+        if kind == RAW and data and not first_raw:
+            first_raw.append(f"`{name}` at {location}" if location else f"`{name}`")
+        return [(kind, data)] * len(eqn.outvars)
+
+    return rule
