@@ -331,9 +331,6 @@ def test_input_errors():
         dl.ModifiedFlow(dl.GradientDescent(problem.loss), 0.1, -1)
     with pytest.raises(dl.InputError, match="`step_map`"):
         dl.ModifiedFlow(lambda y, h, args: y, 0.1, 1)
-    adam = dl.Adam(problem.loss, bias_correction=True)
-    with pytest.raises(dl.InputError, match="bias_correction"):
-        dl.ModifiedFlow(adam, 0.1, 1).coefficients(problem.params, problem.data)
     flow = dl.ModifiedFlow(dl.HeavyBall(problem.loss, 0.5), 0.2, 1)  # h lambda_max = 0.2 > 0.086
     with pytest.warns(dl.StabilityWarning, match="no real slow manifold"):
         flow.slow_state(problem.params, problem.data)

@@ -85,7 +85,10 @@ class ModifiedFlow(AbstractSeriesFlow):
     the map there to see local errors $O(h^{p+2})$ (from any other state the
     fast part decays like $D^n$ and adds an $O(h)$ transient).
     $D$ is detected matrix-free at $h = 0$; `I - D` must be invertible
-    (no resonance), which rules out step counters (`Adam` with bias correction).
+    (no resonance), which rules out accumulators that do not decay (adagrad).
+    Step counters are carried, not expanded: a bias correction $1/(1 - b^n)$
+    differs from 1 by $O(b^{t/h})$, beyond all orders, so the flow is that of the
+    uncorrected map after burn-in (see `driftlab.OptaxStepMap`).
     The slow manifold exists only for small enough $h$: on a quadratic with
     curvature $\lambda$, heavy-ball needs $h\lambda < (1 - \sqrt\beta)^2$ and
     Nesterov $h\lambda < ((1-\beta)/(1+\beta))^2$; beyond, the series is

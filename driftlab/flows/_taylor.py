@@ -105,10 +105,11 @@ jet.jet_rules[jax.lax.pow_p] = _jet_pow
 
 #: What each consistency flag of an expansion means (raised as `InputError`).
 PROBLEMS = (
-    "`step_map`: the Jacobian D of its auxiliary state at h = 0 has an eigenvalue 1, "
-    "so I - D is singular and no slow manifold is isolated (the state is not slaved "
-    "to the parameters). A step counter does this, e.g. `Adam(bias_correction=True)`, "
-    "whose count makes the map non-autonomous; use `bias_correction=False`.",
+    "`step_map`: no slow manifold. The Jacobian D of its auxiliary state at h = 0 has "
+    "an eigenvalue 1: an entry does not decay (an accumulator, such as adagrad's sum of "
+    "squared gradients), so I - D is singular and the state is not slaved to the "
+    "parameters. Step counters (integer leaves, or floats updated as `count + 1`) are "
+    "carried instead; other non-decaying state has no modified flow.",
     "`step_map`: the Jacobian of its auxiliary state at h = 0 is not diagonal "
     "(each auxiliary entry must decay on its own, as momentum and Adam/RMSProp "
     "moments do); the slow manifold needs a diagonal one.",

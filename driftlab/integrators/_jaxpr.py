@@ -46,10 +46,6 @@ def where(eqn) -> str:
     return ""
 
 
-def _concrete(value) -> bool:
-    return value is not None and not isinstance(value, jax.core.Tracer)
-
-
 def walk(
     closed: Any,
     in_tags: Sequence[Any],
@@ -63,8 +59,8 @@ def walk(
     """Tags (and values) of the outputs of `closed`.
 
     `rule(eqn, tags, values, location)` returns the output tags of one
-    primitive; `values[i]` is the concrete value of input `i`, or `None` when it
-    is unknown (traced, or not evaluated). Literals and closed-over constants
+    primitive; `values[i]` is the value of input `i` (concrete or traced), or
+    `None` when it is not evaluated. Literals and closed-over constants
     carry `constant_tag` and their values. With `evaluate`, every primitive is
     also evaluated on `in_values` (concrete or traced). `location` names where
     the outermost enclosing call was issued.
@@ -94,8 +90,7 @@ def walk(
                 sub, eqn_tags, rule, constant_tag, eqn_values, evaluate=evaluate, location=here
             )
         else:
-            known = [v if _concrete(v) else None for v in eqn_values]
-            out_tags = rule(eqn, eqn_tags, known, here)
+            out_tags = rule(eqn, eqn_tags, eqn_values, here)
             out_values = [None] * len(eqn.outvars)
             if evaluate:
                 result = eqn.primitive.bind(*eqn_values, **eqn.params)
@@ -148,7 +143,8 @@ def counter_rule(first_raw: list):
         elif name == "pow" and kinds[0] == CLEAN and not tags[0][1]:
             # A base known only at run time (a traced hyperparameter) is taken to decay.
             base = values[0]
-            kind = RAW if base is not None and abs(float(base)) >= 1 else GEOMETRIC
+            known = base is not None and not isinstance(base, jax.core.Tracer)
+            kind = RAW if known and abs(float(base)) >= 1 else GEOMETRIC
         elif name == "mul" and GEOMETRIC in kinds:
             kind = GEOMETRIC
         elif name == "div" and kinds[0] == GEOMETRIC and kinds[1] != GEOMETRIC:

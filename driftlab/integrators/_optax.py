@@ -12,7 +12,9 @@ naming the primitive and the line of the transformation, when:
   that does not pass the compared value through (an active
   `clip_by_global_norm`: $g \mapsto g\,c/\|g\|$); an inactive clip passes the
   update through and is smooth near the point;
-- the point lies on an equality guard (a zero norm, a non-finite value);
+- the point lies on an equality guard (a zero norm, a non-finite value), or a
+  root is taken of an exact zero (`adam`'s $\sqrt{\nu}$ where a gradient entry
+  vanishes: use `eps_root`);
 - an auxiliary state does not decay: its Jacobian at $h = 0$ has eigenvalue 1
   (`adagrad`'s sum of squared gradients), so there is no slow manifold.
 
@@ -23,6 +25,7 @@ structural ones (non-smooth primitives) also run at trace time.
 import itertools
 from typing import NamedTuple
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
@@ -55,6 +58,8 @@ NON_SMOOTH = frozenset(
 )
 #: Primitives that are smooth except where an argument crosses a constant.
 _PIECEWISE = frozenset({"max", "min", "clamp"})
+#: Roots: smooth except at zero.
+_ROOTS = frozenset({"sqrt", "rsqrt", "cbrt"})
 _ORDER = frozenset({"lt", "le", "gt", "ge"})
 _LOGIC = frozenset({"and", "or", "not"})
 #: An auxiliary entry with `|1 - d| <` this does not decay (no slow manifold).
@@ -82,8 +87,19 @@ def _not_smooth(reason: str, location: str) -> InputError:
     )
 
 
-def _smoothness_rule():
+def _known(value) -> bool:
+    return value is not None and not isinstance(value, jax.core.Tracer)
+
+
+def _smoothness_rule(problems: list):
+    """The `walk` rule: raises for structural problems, appends `(flag, error)` for the rest.
+
+    Flags are boolean arrays computed from the values (traced inside `check_update`'s jit).
+    """
     ids = itertools.count()
+
+    def flag(condition, reason, location):
+        problems.append((condition, _not_smooth(reason, location)))
 
     def rule(eqn, tags, values, location):
         name = eqn.primitive.name
@@ -95,24 +111,44 @@ def _smoothness_rule():
         order, compared = False, None
         if name in NON_SMOOTH:
             raise _not_smooth(f"its update applies `{name}` to the gradient or state", location)
-        if name in _PIECEWISE:
-            _check_piecewise(name, tags, values, location)
+        if name in _ROOTS:
+            flag(
+                jnp.any(values[0] == 0),
+                f"`{name}` of a value that is exactly zero at this point (a gradient entry "
+                "that vanishes, e.g. at a dead input; optax's `eps_root` moves eps inside "
+                "the root, which is smooth at zero)",
+                location,
+            )
+        elif name in _PIECEWISE:
+            flag(
+                _piecewise_active(name, tags, values, location),
+                f"`{name}` is active: it cuts the data off at a constant",
+                location,
+            )
         elif name in _ORDER:
-            order = not _zero_guard(tags, values, location)
-            compared = next((v for t, v in zip(tags, values) if t.data), None)
+            data_value = next(v for t, v in zip(tags, values) if t.data)
+            if _against_zero(tags, values):
+                # A guard such as `t > 0` before `rsqrt(t)`: smooth wherever t != 0.
+                flag(jnp.any(data_value == 0), "a value tested against zero is zero", location)
+            else:
+                order, compared = True, data_value
         elif name in _LOGIC:
             order = any(t.order for t in tags)
-        elif name in ("eq", "ne", "is_finite") and values[0] is not None:
-            result = np.asarray(eqn.primitive.bind(*values, **eqn.params))
-            on_guard = result.any() if name == "eq" else not result.all()
-            if on_guard:
-                raise _not_smooth(
-                    f"the point lies where `{name}` switches the update (e.g. a zero norm "
-                    "or a non-finite value)",
-                    location,
-                )
-        elif name == "select_n" and tags[0].data:
-            _check_switch(tags, values, location)
+        elif name in ("eq", "ne", "is_finite"):
+            result = eqn.primitive.bind(*values, **eqn.params)
+            flag(
+                jnp.any(result) if name == "eq" else jnp.logical_not(jnp.all(result)),
+                f"the point lies where `{name}` switches the update (e.g. a zero norm or "
+                "a non-finite value)",
+                location,
+            )
+        elif name == "select_n" and tags[0].order:
+            flag(
+                _switch_active(tags, values),
+                "a switch on a comparison of the gradient or state (`select_n`) takes the "
+                "branch that changes the update at this point (an active clip)",
+                location,
+            )
         elif name in ("cond", "while") and tags[0].data:
             raise _not_smooth(f"its update branches on the data (`{name}`)", location)
         return [_Tag(True, ancestors, order, ident, compared)] * len(eqn.outvars)
@@ -120,72 +156,55 @@ def _smoothness_rule():
     return rule
 
 
-def _check_piecewise(name, tags, values, location):
+def _piecewise_active(name, tags, values, location):
     """`max(x, c)`, `min(x, c)`, `clamp(lo, x, hi)`: smooth only where `x` is strictly inside."""
     data_args = [i for i, t in enumerate(tags) if t.data]
     if len(data_args) > 1 and name != "clamp":
         raise _not_smooth(f"its update applies `{name}` to two data values", location)
-    if any(v is None for v in values):
-        return
-    x = np.asarray(values[data_args[0]])
+    x = values[data_args[0]]
     if name == "clamp":
-        lo, hi = np.asarray(values[0]), np.asarray(values[2])
-        inside = (lo < x) & (x < hi)
+        inside = (values[0] < x) & (x < values[2])
     else:
-        other = np.asarray(values[1 - data_args[0]])
+        other = values[1 - data_args[0]]
         inside = x > other if name == "max" else x < other
-    if not inside.all():
-        raise _not_smooth(f"`{name}` is active: it cuts the data off at a constant", location)
+    return jnp.logical_not(jnp.all(inside))
 
 
-def _zero_guard(tags, values, location) -> bool:
-    """Whether an order comparison tests a data value against zero (`t > 0` before `rsqrt(t)`).
-
-    Such a guard is smooth wherever the value is not zero; at a zero it raises.
-    """
+def _against_zero(tags, values) -> bool:
+    """Whether an order comparison tests one data value against a known constant zero."""
     constants = [v for t, v in zip(tags, values) if not t.data]
-    if len(constants) != 1 or constants[0] is None or np.any(np.asarray(constants[0]) != 0):
-        return False
-    x = next(v for t, v in zip(tags, values) if t.data)
-    if x is not None and np.any(np.asarray(x) == 0):
-        raise _not_smooth("a value tested against zero is zero at this point", location)
-    return True
+    return len(constants) == 1 and _known(constants[0]) and not np.any(np.asarray(constants[0]))
 
 
-def _check_switch(tags, values, location):
-    """A `select_n` on an order comparison must pass the compared value through here.
+def _switch_active(tags, values):
+    """Whether a `select_n` on an order comparison takes a branch that is not a pass-through.
 
     Passing through: the branch taken is a value the comparison was computed
     from (`where(norm < c, g, g * c / norm)`), or equals the value compared
     (`where(norm <= c, c, norm)`).
     """
-    predicate = tags[0]
-    if not predicate.order or values[0] is None:
-        return
-    taken = np.unique(np.asarray(values[0]).astype(int))
-    for index in taken:
-        case, value = tags[1 + index], values[1 + index]
-        ancestor = case.ident is not None and case.ident in predicate.ancestors
-        same = (
-            predicate.compared is not None
-            and value is not None
-            and np.shape(value) == np.shape(predicate.compared)
-            and np.allclose(value, predicate.compared, rtol=1e-12, atol=0)
-        )
-        if not (ancestor or same):
-            raise _not_smooth(
-                "a switch on a comparison of the gradient or state (`select_n`) takes the "
-                "branch that changes the update at this point (an active clip)",
-                location,
-            )
+    predicate, which = tags[0], values[0].astype(int)
+    active = jnp.asarray(False)
+    for index, (case, value) in enumerate(zip(tags[1:], values[1:])):
+        if case.ident is not None and case.ident in predicate.ancestors:
+            continue
+        taken = jnp.any(which == index)
+        if predicate.compared is not None and jnp.shape(value) == jnp.shape(predicate.compared):
+            same = jnp.allclose(value, predicate.compared, rtol=1e-12, atol=0)
+            taken = taken & jnp.logical_not(same)
+        active = active | taken
+    return active
 
 
 def check_update(
     optimiser: optax.GradientTransformation, grads: Y, opt_state: Y, params: Y
 ) -> None:
-    """Raise `InputError` where `optimiser.update` at this point has no modified flow."""
-    inputs = (grads, opt_state, params)
-    leaves, treedef = jtu.tree_flatten(inputs)
+    """Raise `InputError` where `optimiser.update` at this point has no modified flow.
+
+    Structural problems raise while tracing; the ones that depend on values are
+    computed in one compiled call and raise when the values are concrete.
+    """
+    leaves, treedef = jtu.tree_flatten((grads, opt_state, params))
 
     def update(*leaves):
         grads, opt_state, params = jtu.tree_unflatten(treedef, leaves)
@@ -199,16 +218,36 @@ def check_update(
         else _CONSTANT
         for i, leaf in enumerate(leaves)
     ]
-    walk(closed, in_tags, _smoothness_rule(), _CONSTANT, leaves, evaluate=True)
-    _check_decay(optimiser, grads, opt_state, params)
+    errors = []
+
+    def flags_and_rates(leaves):
+        problems = []
+        walk(closed, in_tags, _smoothness_rule(problems), _CONSTANT, leaves, evaluate=True)
+        errors.extend(error for _, error in problems)
+        rates = _decay_rates(optimiser, *jtu.tree_unflatten(treedef, leaves))
+        return [f for f, _ in problems], rates
+
+    flags, (paths, rates) = eqx.filter_jit(flags_and_rates)(leaves)
+    if any(isinstance(f, jax.core.Tracer) for f in [*flags, *rates]):
+        return
+    for flag, error in zip(flags, errors):
+        if bool(flag):
+            raise error
+    for path, rate in zip(paths, rates):
+        if np.size(rate) and np.all(np.abs(1 - np.asarray(rate)) < DECAY_TOLERANCE):
+            raise InputError(
+                f"`make_optimiser`: no slow manifold. The optax state "
+                f"`opt_state{path}` does not decay (its Jacobian at h = 0 has "
+                "eigenvalue 1: an accumulator, as in adagrad's sum of squared gradients), "
+                "so it is never slaved to the parameters and the map has no modified flow "
+                "of the parameters alone."
+            )
 
 
-def _check_decay(optimiser, grads, opt_state, params):
-    """Every float entry of the optax state must decay at `h = 0`: no eigenvalue 1."""
+def _decay_rates(optimiser, grads, opt_state, params):
+    """The diagonal of the Jacobian of the float optax state at `h = 0` (probed with ones)."""
     paths_leaves, treedef = jtu.tree_flatten_with_path(opt_state)
     inexact = [jnp.issubdtype(jnp.result_type(leaf), jnp.inexact) for _, leaf in paths_leaves]
-    if not any(inexact):
-        return
     leaves = [leaf for _, leaf in paths_leaves]
 
     def state_map(floats):
@@ -219,15 +258,5 @@ def _check_decay(optimiser, grads, opt_state, params):
 
     floats = [leaf for leaf, f in zip(leaves, inexact) if f]
     _, rates = jax.jvp(state_map, (floats,), (jtu.tree_map(jnp.ones_like, floats),))
-    paths = [path for (path, _), f in zip(paths_leaves, inexact) if f]
-    for path, rate in zip(paths, rates):
-        if isinstance(rate, jax.core.Tracer):
-            return
-        if np.size(rate) and np.all(np.abs(1 - np.asarray(rate)) < DECAY_TOLERANCE):
-            raise InputError(
-                f"`make_optimiser`: no slow manifold. The optax state "
-                f"`opt_state{jtu.keystr(path)}` does not decay (its Jacobian at h = 0 has "
-                "eigenvalue 1: an accumulator, as in adagrad's sum of squared gradients), "
-                "so it is never slaved to the parameters and the map has no modified flow "
-                "of the parameters alone."
-            )
+    paths = [jtu.keystr(path) for (path, _), f in zip(paths_leaves, inexact) if f]
+    return paths, rates

@@ -1,0 +1,214 @@
+"""optax transformations under `ModifiedFlow`: counters, smoothness checks, the support table."""
+
+import pathlib
+import re
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import driftlab as dl
+from driftlab.flows._taylor import BURNED_IN_COUNT
+
+from . import helpers
+from .literature_helpers import linear_coefficients
+
+
+B1, B2, EPS = 0.5, 0.7, 1e-2  # the flow sweep's resolvable Adam case (eps outside the root here)
+WEIGHT_DECAY = 0.3
+BETA = 0.5
+H = 0.01
+
+
+def _problem():
+    # A shifted right-hand side keeps every gradient entry away from zero: optax puts eps
+    # outside the root, and sqrt(nu) = |g| is not smooth at g = 0.
+    problem = helpers.small_quadratic(4)
+    return problem, dict(problem.data, b=jnp.array([0.3, -0.2, 0.5, 0.4]))
+
+
+def _adam_direction(g, eps=EPS):
+    return g / (jnp.abs(g) + eps)
+
+
+def _lamb_f0(theta, g):
+    u = g / (jnp.abs(g) + 1e-6)  # lamb: adam (eps 1e-6 outside the root), then the trust ratio
+    return -u * jnp.linalg.norm(theta) / jnp.linalg.norm(u)
+
+
+# Supported rows give f_0 on the slow manifold in closed form (the h -> 0 update direction
+# with the moments at their fixed point: m = g, v = g^2); the others the InputError's reason.
+TABLE: dict[str, tuple[Callable, Callable | str]] = {
+    "sgd": (lambda h: optax.sgd(h), lambda theta, g: -g),
+    "sgd+momentum": (
+        lambda h: optax.sgd(h, momentum=BETA),
+        lambda theta, g: -g / (1 - BETA),
+    ),
+    "sgd+nesterov": (
+        lambda h: optax.sgd(h, momentum=BETA, nesterov=True),
+        lambda theta, g: -g / (1 - BETA),
+    ),
+    "adam": (lambda h: optax.adam(h, B1, B2, EPS), lambda theta, g: -_adam_direction(g)),
+    "adamw": (
+        lambda h: optax.adamw(h, B1, B2, EPS, weight_decay=WEIGHT_DECAY),
+        lambda theta, g: -_adam_direction(g) - WEIGHT_DECAY * theta,
+    ),
+    "nadam": (lambda h: optax.nadam(h, B1, B2, EPS), lambda theta, g: -_adam_direction(g)),
+    "radam": (lambda h: optax.radam(h, B1, B2, EPS), lambda theta, g: -_adam_direction(g)),
+    "rmsprop": (
+        lambda h: optax.rmsprop(h, B2, EPS),
+        lambda theta, g: -g / jnp.sqrt(g**2 + EPS),
+    ),
+    "rmsprop+bias_correction": (
+        lambda h: optax.rmsprop(h, B2, EPS, bias_correction=True),
+        lambda theta, g: -g / jnp.sqrt(g**2 + EPS),
+    ),
+    "adabelief": (
+        lambda h: optax.adabelief(h, B1, B2, EPS, eps_root=1e-4),
+        lambda theta, g: -g / (jnp.sqrt(1e-4 / (1 - B2)) + EPS),
+    ),
+    "lamb": (lambda h: optax.lamb(h, B1, B2), _lamb_f0),
+    "adam+constant_schedule": (
+        lambda h: optax.adam(optax.constant_schedule(h), B1, B2, EPS),
+        lambda theta, g: -_adam_direction(g),
+    ),
+    "clip_by_global_norm (inactive)": (
+        lambda h: optax.chain(optax.clip_by_global_norm(100.0), optax.sgd(h)),
+        lambda theta, g: -g,
+    ),
+    "clip_by_global_norm (active)": (
+        lambda h: optax.chain(optax.clip_by_global_norm(1e-3), optax.sgd(h)),
+        r"switch .*active clip.*clip_by_global_norm",
+    ),
+    "lion": (lambda h: optax.lion(h), r"applies `sign`.*scale_by_lion"),
+    "sign_sgd": (
+        lambda h: optax.chain(optax.scale_by_sign(), optax.scale(-h)),
+        r"applies `sign`.*scale_by_sign",
+    ),
+    "adamax": (lambda h: optax.adamax(h, B1, B2), r"applies `abs`"),
+    "amsgrad": (lambda h: optax.amsgrad(h, B1, B2), r"applies `max` to two data values"),
+    "yogi": (lambda h: optax.yogi(h, B1, B2), r"applies `sign`.*scale_by_yogi"),
+    "adagrad": (lambda h: optax.adagrad(h), r"no slow manifold.*sum_of_squares"),
+    "sm3": (lambda h: optax.sm3(h), r"no slow manifold"),
+    "adam+cosine_decay_schedule": (
+        lambda h: optax.adam(optax.cosine_decay_schedule(h, 100)),
+        r"time-dependent step.*cosine_decay_schedule",
+    ),
+    "adam+exponential_decay": (
+        lambda h: optax.adam(optax.exponential_decay(h, 10, 0.5)),
+        r"time-dependent step.*exponential_decay",
+    ),
+    "novograd": (lambda h: optax.novograd(h), r"time-dependent step"),
+}
+
+
+def _documented_rows() -> dict[str, bool]:
+    """The rows of the support table in docs/optax.md: name -> supported."""
+    page = pathlib.Path(__file__).resolve().parents[1] / "docs" / "optax.md"
+    cell = r"(?:[^|\\]|\\.)*"  # a table cell; `\|` is an escaped pipe inside it
+    rows = re.findall(rf"^\| `([^`]+)` \|{cell}\| (yes|no) \|", page.read_text(), re.MULTILINE)
+    return {name: status == "yes" for name, status in rows}
+
+
+def test_the_docs_table_is_the_tested_table():
+    documented = _documented_rows()
+    assert documented == {name: callable(expected) for name, (_, expected) in TABLE.items()}
+
+
+@pytest.mark.parametrize("name", list(TABLE))
+def test_support_table_row(name):
+    make_optimiser, expected = TABLE[name]
+    problem, data = _problem()
+    step = dl.OptaxStepMap(problem.loss, make_optimiser)
+    flow = dl.ModifiedFlow(step, H, 1)
+    if not callable(expected):
+        with pytest.raises(dl.InputError, match=expected):
+            flow.coefficients(problem.params, data)
+        return
+    f0, f1 = flow.coefficients(problem.params, data)
+    g = jax.grad(problem.loss)(problem.params, data)
+    assert helpers.relative_error(f0, expected(problem.params, g)) < 1e-12
+    assert np.all(np.isfinite(f1))
+
+
+def test_bias_correction_leaves_no_term_in_the_series():
+    # driftlab's Adam keeps a float counter, optax's an int32 one; both are carried at a
+    # burned-in count, so corrected and uncorrected Adam share every coefficient.
+    problem, data = _problem()
+    plain = dl.Adam(problem.loss, B1, B2, EPS, bias_correction=False)
+    expected = dl.ModifiedFlow(plain, H, 2).coefficients(problem.params, data)
+    corrected = dl.Adam(problem.loss, B1, B2, EPS, bias_correction=True)
+    optax_adam = dl.OptaxStepMap(problem.loss, lambda h: optax.adam(h, B1, B2, EPS))
+    for step in (corrected, optax_adam):
+        coefficients = dl.ModifiedFlow(step, H, 2).coefficients(problem.params, data)
+        for mine, theirs in zip(coefficients, expected):
+            assert helpers.relative_error(mine, theirs) < 1e-12
+    state = dl.ModifiedFlow(optax_adam, H, 1).slow_state(problem.params, data)
+    assert state.opt_state[0].count == BURNED_IN_COUNT
+    assert state.opt_state[0].count.dtype == jnp.int32
+
+
+def test_optax_adam_order_one_is_adam_flow():
+    problem, data = _problem()
+    step = dl.OptaxStepMap(problem.loss, lambda h: optax.adam(h, B1, B2, EPS))
+    coefficients = dl.ModifiedFlow(step, 0.1, 1).coefficients(problem.params, data)
+    flow = lambda h: dl.AdamFlow(problem.loss, h, B1, B2, EPS, eps_inside_sqrt=False)
+    for mine, theirs in zip(coefficients, linear_coefficients(flow, problem.params, data)):
+        assert helpers.relative_error(mine, theirs) < 1e-12
+
+
+def test_adamw_weight_decay_is_in_the_flow():
+    problem, data = _problem()
+    flows = [
+        dl.ModifiedFlow(dl.OptaxStepMap(problem.loss, make), H, 1)
+        for make in (
+            lambda h: optax.adam(h, B1, B2, EPS),
+            lambda h: optax.adamw(h, B1, B2, EPS, weight_decay=WEIGHT_DECAY),
+        )
+    ]
+    (adam_f0, adam_f1), (adamw_f0, adamw_f1) = [
+        flow.coefficients(problem.params, data) for flow in flows
+    ]
+    decay = -WEIGHT_DECAY * problem.params
+    assert helpers.relative_error(adamw_f0 - adam_f0, decay) < 1e-12
+    # The decay is preconditioned-free but not inert at order 1: it moves the moments.
+    assert helpers.relative_error(adamw_f1, adam_f1) > 1e-3
+
+
+def test_a_zero_gradient_entry_under_a_root_is_refused():
+    # The MLP's always-zero input pixels have zero gradients: sqrt(nu) is not smooth there.
+    problem = helpers.small_mlp()
+    step = dl.OptaxStepMap(problem.loss, lambda h: optax.adam(h, B1, B2, EPS))
+    with pytest.raises(dl.InputError, match="`sqrt` of a value that is exactly zero"):
+        dl.ModifiedFlow(step, H, 1).coefficients(problem.params, problem.data)
+
+
+class _HandAdagrad(dl.AbstractStepMap):
+    """Adagrad written as a driftlab map: its accumulator never decays."""
+
+    loss: Callable
+
+    def __call__(self, y, h, args):
+        params, total = y
+        g = jax.grad(self.loss)(params, args)
+        total = total + g**2
+        return params - h * g / jnp.sqrt(total), total
+
+    def init(self, params, args=None):
+        return params, jnp.ones_like(params)
+
+    def parameters(self, y):
+        return y[0]
+
+    def with_parameters(self, y, params):
+        return params, y[1]
+
+
+def test_a_non_decaying_accumulator_of_any_map_is_refused():
+    problem, data = _problem()
+    flow = dl.ModifiedFlow(_HandAdagrad(problem.loss), H, 1)
+    with pytest.raises(dl.InputError, match="no slow manifold.*eigenvalue 1"):
+        flow.coefficients(problem.params, data)
