@@ -150,7 +150,10 @@ class ModifiedFlow(AbstractSeriesFlow):
 
         **Raises:** `InputError` if the map is not the identity in the
         parameters at $h = 0$, or (auxiliary state) if $I - D$ is singular or
-        $D$ not diagonal; under `jit` these become runtime errors.
+        $D$ not diagonal; under `jit` these become runtime errors. Before any
+        number, `step_map.check_expansion` raises for updates with no series in
+        $h$ (non-smooth, non-decaying or time-dependent optax transformations),
+        and the map's step counters are checked to enter only bias corrections.
         """
         self.step_map.check_expansion(y, self.h, args)
         fields, flags = _expand(self, y, args, "coefficients")
