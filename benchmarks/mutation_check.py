@@ -4,6 +4,7 @@ time, run the tests that should catch each, and report the survivors.
     python -m benchmarks.mutation_check                 # every mutant (long: see docs/testing.md)
     python -m benchmarks.mutation_check --only principal-branch floor-rule
     python -m benchmarks.mutation_check --list
+    python -m benchmarks.mutation_check --only kit-rtol --update  # rerun one, keep the others
 
 Each mutant is a one-token change (a constant, a sign, an index, a branch) that a reader could
 plausibly make; its `tests` are the few test files or node ids that should kill it. The tree is
@@ -18,6 +19,7 @@ Results: benchmarks/results/mutation_check.json and .md.
 
 import argparse
 import dataclasses
+import json
 import os
 import shutil
 import subprocess
@@ -236,6 +238,22 @@ MUTANTS = [
         "every global measurement of the sweep failing (recorded, not raised)",
     ),
     Mutant(
+        "example-games-flow",
+        "driftlab/flows/_games.py",
+        "return jtu.tree_map(lambda v, d: v - 0.5 * self.h * d, value, drift)",
+        "return jtu.tree_map(lambda v, d: v - 0.25 * self.h * d, value, drift)",
+        ("tests/test_examples.py::test_example_runs_quick[games]",),
+        "the simultaneous game flow's h/2 as h/4, seen through the games example",
+    ),
+    Mutant(
+        "docs-igr-loss",
+        "driftlab/flows/_gradient.py",
+        "return self.loss(y, args) + 0.25 * self.h * tree_vdot(grad, grad)",
+        "return self.loss(y, args) + 0.5 * self.h * tree_vdot(grad, grad)",
+        ("tests/test_docs.py::test_code_blocks_run[docs/index.md]",),
+        "IGR's modified loss with h/2, seen through the getting-started page",
+    ),
+    Mutant(
         "gradient-flow-sign",
         "driftlab/flows/_gradient.py",
         "return jtu.tree_map(jnp.negative, jax.grad(self.loss)(y, args))",
@@ -347,6 +365,11 @@ def main(argv=None):
     parser.add_argument("--list", action="store_true", help="list the mutants and exit")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per mutant")
     parser.add_argument("--no-baseline", action="store_true", help="skip the unmutated run")
+    parser.add_argument(
+        "--update",
+        action="store_true",
+        help="merge into the existing results (replacing the mutants run) instead of overwriting",
+    )
     parser.add_argument("--output", default=RESULTS_DIR)
     args = parser.parse_args(argv)
     names = {m.name for m in MUTANTS}
@@ -362,12 +385,22 @@ def main(argv=None):
     start = time.perf_counter()
     result = run(mutants, args.timeout, not args.no_baseline)
     argv = sys.argv[1:] if argv is None else argv
+    json_path = os.path.join(args.output, "mutation_check.json")
+    if args.update and os.path.exists(json_path):
+        with open(json_path) as file:
+            previous = json.load(file)["mutants"]
+        fresh = {r["name"]: r for r in result["mutants"]}
+        order = [m.name for m in MUTANTS]
+        merged = {r["name"]: r for r in previous if r["name"] in order} | fresh
+        result["mutants"] = sorted(merged.values(), key=lambda r: order.index(r["name"]))
+        result["killed"] = sum(r["outcome"] != "survived" for r in result["mutants"])
+        result["total"] = len(result["mutants"])
     result.update(
         command=command_line("benchmarks.mutation_check", argv),
         seconds=time.perf_counter() - start,
         machine=machine_info(),
     )
-    write_json_atomic(result, os.path.join(args.output, "mutation_check.json"))
+    write_json_atomic(result, json_path)
     write_text_atomic(markdown(result), os.path.join(args.output, "mutation_check.md"))
     print(markdown(result))
     return result
