@@ -107,13 +107,27 @@ MUTANTS = [
         ("tests/test_modified_flow.py::test_gd_quadratic_coefficients_to_order_6",),
         "the logarithm's series weights 1/n as 1/(n+1)",
     ),
+    Mutant(
+        "euler-jet-scaling",
+        "driftlab/flows/_taylor.py",
+        "jet.jet(field_flat, (u,), (coefficients[:-1],), factorial_scaled=False)",
+        "jet.jet(field_flat, (u,), (coefficients[:-1],), factorial_scaled=True)",
+        (
+            "tests/test_principal_flow.py::test_difference_from_modified_flow_is_the_third_"
+            "derivative_term",
+        ),
+        "GD's automatic f_2 from a jet with the wrong series convention",
+    ),
     # --- step-size conventions ----------------------------------------------------------------
     Mutant(
         "epoch-duration",
         "driftlab/integrators/_maps.py",
         "        return h * num_batches(args)\n\n\nclass OrderAveragedSGDEpoch",
         "        return h\n\n\nclass OrderAveragedSGDEpoch",
-        ("tests/test_literature_flows.py::test_exact_batch_sgd_matches_matrix_logarithm",),
+        (
+            "tests/test_maps.py::test_sgd_epoch_applies_the_batches_in_the_given_order",
+            "tests/test_literature_flows.py::test_exact_batch_sgd_agrees_with_modified_flow",
+        ),
         "an SGD epoch lasting h instead of m h",
     ),
     Mutant(
@@ -143,12 +157,12 @@ MUTANTS = [
     ),
     # --- corrected-field terms ----------------------------------------------------------------
     Mutant(
-        "corrected-field-term",
+        "corrected-field-target-series",
         "driftlab/flows/_cancellation.py",
-        "fields.append(-(step_coefficient - tau ** (k + 1) * flow[k + 1]) / scale)",
-        "fields.append(-(step_coefficient - tau**k * flow[k + 1]) / scale)",
+        "derivatives = [c * math.factorial(m) for m, c in enumerate(coefficients[1:], 1)]",
+        "derivatives = [c * math.factorial(m - 1) for m, c in enumerate(coefficients[1:], 1)]",
         ("tests/test_cancellation.py::test_gd_quadratic_coefficients",),
-        "the corrected field's target term with tau^k",
+        "the target flow's Taylor series fed to its jet with the wrong factorials",
     ),
     # --- the three gaps of issue 20 -----------------------------------------------------------
     Mutant(
