@@ -4,6 +4,7 @@ import json
 import warnings
 from typing import ClassVar
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -147,7 +148,7 @@ class _Plateau(dl.AbstractFlow):
 
     flow: dl.AbstractFlow
     offset: jax.Array
-    h: float
+    h: jax.Array = eqx.field(converter=jnp.asarray)  # an array: one compilation for every h
     order: ClassVar[int] = 1
 
     def __call__(self, t, y, args):
