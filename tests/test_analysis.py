@@ -2,7 +2,10 @@
 
 import json
 import warnings
+from typing import ClassVar
 
+import equinox as eqx
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -101,6 +104,23 @@ def test_drift_starts_at_zero_and_grows_along_the_run():
     )
 
 
+def _igr_local_error_vector(quad, h):
+    r"""GD's step minus the IGR flow's over time h, exactly: $(1 - x) - e^{-x - x^2/2}$ per
+    eigendirection ($x = h\lambda$), written with expm1 so that it stays accurate at 1e-20."""
+    lam, q = np.linalg.eigh(np.asarray(quad.A))
+    x = h * lam
+    return q @ ((-np.expm1(-(x + x**2 / 2)) - x) * (q.T @ np.asarray(quad.params)))
+
+
+def _used_by_the_rule(exact_errors, floors):
+    """The points the documented rule keeps (error >= 10x floor), from exact errors, after
+    checking that none lies within a factor 2 of the threshold: there, round-off in the
+    measured error could decide, and the expected indices would not be a derivation."""
+    ratio = np.asarray(exact_errors) / (10 * np.asarray(floors))
+    assert np.all((ratio > 2) | (ratio < 0.5)), ratio
+    return np.flatnonzero(ratio >= 1)
+
+
 def test_round_off_floor_points_are_excluded_and_reported():
     quad = small_quadratic()
     hs = 2.0 ** -np.arange(2, 22, 2)
@@ -113,8 +133,50 @@ def test_round_off_floor_points_are_excluded_and_reported():
             "local",
             quad.data,
         )
-    assert not estimate.used.all() and estimate.excluded
+    exact = [np.linalg.norm(_igr_local_error_vector(quad, h)) for h in estimate.hs]
+    # Only the four largest h lie 10x above the floor (the 5th, h = 2^-10, sits at 2.6x).
+    used = _used_by_the_rule(exact, estimate.floors)
+    np.testing.assert_array_equal(used, [6, 7, 8, 9])
+    np.testing.assert_array_equal(np.flatnonzero(estimate.used), used)
+    assert len(estimate.excluded) == 6 and estimate.excluded[0].startswith("h=9.537e-07")
     assert abs(estimate.slope - 3) < 0.15
+
+
+class _Plateau(dl.AbstractFlow):
+    """A flow whose one-step error never falls below `offset`: a resolution floor planted at a
+    known level (its constant field `offset / h` moves the solution by `offset` over h)."""
+
+    flow: dl.AbstractFlow
+    offset: jax.Array
+    h: jax.Array = eqx.field(converter=jnp.asarray)  # an array: one compilation for every h
+    order: ClassVar[int] = 1
+
+    def __call__(self, t, y, args):
+        return self.flow(t, y, args) + self.offset / self.h
+
+
+def test_points_within_10x_of_the_floor_would_bend_the_slope():
+    # A plateau at 3x the floor: points there are not resolved (within 10x of the floor) and
+    # fitting them (a 1x rule) bends the slope far from 3; the 10x rule leaves them out.
+    quad = small_quadratic()
+    gd, igr = dl.GradientDescent(quad.loss), _flows(quad.loss)["igr"]
+    hs = 2.0 ** -np.arange(2, 22, 2)
+    floor = dl.local_error(gd, igr(1.0), quad.params, 1.0, quad.data).floor
+    direction = np.ones(4) / 2
+    offset = jnp.asarray(3 * floor * direction)
+    with pytest.warns(dl.RoundoffWarning):
+        estimate = dl.order_of_accuracy(
+            gd, lambda h: _Plateau(igr(h), offset, h), quad.params, hs, "local", quad.data
+        )
+    exact = [np.linalg.norm(_igr_local_error_vector(quad, h) - offset) for h in estimate.hs]
+    np.testing.assert_allclose(estimate.errors, exact, rtol=1e-3)
+    used = _used_by_the_rule(exact, estimate.floors)
+    np.testing.assert_array_equal(used, [6, 7, 8, 9])
+    np.testing.assert_array_equal(np.flatnonzero(estimate.used), used)
+    assert abs(estimate.slope - 3) < 0.15
+    above_floor = estimate.errors >= estimate.floors
+    assert above_floor.all()
+    assert abs(np.polyfit(np.log2(estimate.hs), np.log2(estimate.errors), 1)[0] - 3) > 0.15
 
 
 def test_too_few_points_above_the_floor_is_an_error_not_a_slope():

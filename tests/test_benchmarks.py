@@ -47,6 +47,27 @@ def test_every_measurement_is_recorded(smoke):
                     assert m["failure"] or "failure" in entry or math.isfinite(entry["error"])
 
 
+def test_measurements_inside_the_stable_region_succeed_with_their_orders(smoke):
+    # A sweep where every measurement recorded a failure would pass the test above. Inside
+    # h lambda_max < 1 every flow of the smoke case applies, so every point there must be a
+    # measurement, and each flow's fitted slopes must be its order + 2 (local), + 1 (global).
+    _, result = smoke
+    (case,) = result["cases"]
+    assert set(case["flows"]) == {"gradient", "igr", "modified-2"}
+    for name, flow in case["flows"].items():
+        stable = [m for m in flow["measurements"] if m["h_lambda"] < 1]
+        assert len(stable) == 4
+        for m in stable:
+            assert m["failure"] is None and m["order"] == flow["order"], name
+            for kind in ("local", "global"):
+                assert "failure" not in m[kind] and m[kind]["error"] > 10 * m[kind]["floor"]
+        assert flow["expected"] == {"local": flow["order"] + 2, "global": flow["order"] + 1}
+        for kind in ("local", "global"):
+            fitted = flow["fits"][kind]
+            assert fitted["num_points"] >= 3, (name, kind)
+            assert abs(fitted["slope"] - flow["expected"][kind]) < 0.3, (name, kind, fitted)
+
+
 def test_gd_against_igr_local_slope_is_three(smoke):
     _, result = smoke
     (case,) = [c for c in result["cases"] if (c["problem"], c["optimiser"]) == ("quadratic", "gd")]

@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.flatten_util import ravel_pytree
 
 import driftlab as dl
 
@@ -43,15 +44,29 @@ def test_igr_solution_at_several_times_matches_expm():
 
 
 def test_flows_are_diffrax_vector_fields_on_pytrees():
-    problem = small_mlp()
-    term = diffrax.ODETerm(dl.IGRFlow(problem.loss, 0.1))
+    problem, h = small_mlp(), 0.1
+    term = diffrax.ODETerm(dl.IGRFlow(problem.loss, h))
     field = term.vf(0.0, problem.params, problem.data)
     assert jax.tree_util.tree_structure(field) == jax.tree_util.tree_structure(problem.params)
+    # Its value, independently: -(g + h/2 H g) with H the dense Hessian of the ravelled loss.
+    flat, unravel = ravel_pytree(problem.params)
+    loss = lambda p: problem.loss(unravel(p), problem.data)
+    g, hessian = jax.grad(loss)(flat), jax.hessian(loss)(flat)
+    assert relative_error(ravel_pytree(field)[0], -(g + 0.5 * h * hessian @ g)) < 1e-12
 
 
 def test_gradient_flow_has_no_h_dependence_and_order_zero():
-    flow = dl.GradientFlow(small_quadratic().loss)
+    quad = small_quadratic()
+    flow = dl.GradientFlow(quad.loss)
     assert flow.order == 0 and dl.IGRFlow(flow.loss, 0.1).order == 1
+    # -A y exactly, at any t and whatever h it carries; IGR at h = 0 is gradient flow.
+    minus_ay = -np.asarray(quad.A) @ np.asarray(quad.params)
+    for field in [
+        flow(0.0, quad.params, quad.data),
+        dl.GradientFlow(quad.loss, 0.7)(3.0, quad.params, quad.data),
+        dl.IGRFlow(quad.loss, 0.0)(0.0, quad.params, quad.data),
+    ]:
+        assert relative_error(field, minus_ay) < 1e-14
 
 
 def test_non_gradient_flows_refuse_a_modified_loss():

@@ -7,6 +7,7 @@ import optax
 import pytest
 
 import driftlab as dl
+import driftlab.testing as dt
 from driftlab import _registry
 
 from . import helpers
@@ -88,8 +89,14 @@ def test_igr_loss_is_trainable_and_matches_igr_flow():
 )
 def test_registry_builds_each_flow(flow_name, optimiser_name, problem_name):
     problem = _registry.PROBLEMS[problem_name](seed=0)
-    step, y0, args = _registry.OPTIMISERS[optimiser_name](problem, {})
-    flow = _registry.FLOWS[flow_name](problem, step, 0.1, 1)
+    # Two batches keep the order-averaged epoch (the mean over every batch order) cheap.
+    step, y0, args = _registry.OPTIMISERS[optimiser_name](problem, {"num_batches": 2})
+    make_flow = lambda h: _registry.FLOWS[flow_name](problem, step, h, 1)
+    flow = make_flow(0.1)
     assert isinstance(flow, dl.AbstractFlow) and flow.order == 1
     out = flow(0.0, step.parameters(y0), args)
     assert jax.tree_util.tree_structure(out) == jax.tree_util.tree_structure(step.parameters(y0))
+    # Its values: f_0 and f_1 are the registry map's own (hyperparameters passed through), or,
+    # for the SGD flow, the order-averaged epoch's (its antisymmetric term averages out).
+    reference = dl.OrderAveragedSGDEpoch(problem.loss) if flow_name == "sgd" else step
+    dt.assert_coefficients_match(make_flow, reference, 1, step.parameters(y0), args)

@@ -59,6 +59,20 @@ def _check_flow_and_mutants(make_flow, step, y, args, order=1):
             dt.assert_coefficients_match(_mutant(make_flow, factor), step, order, y, args)
 
 
+@pytest.mark.parametrize("relative_error", [1e-5, 1e-8])
+def test_coefficients_off_by_a_tiny_relative_error_are_caught(relative_error):
+    # The automatic coefficients are exact to round-off (measured 1e-16 relative here), so the
+    # default rtol (1e-10) must see a 1e-5, even a 1e-8, relative error in f_1: a derivation
+    # with a wrong low-order digit is wrong. The unperturbed flow passes at the default.
+    problem = dl.problems.quadratic(3, condition=4.0, seed=2)
+    gd, make_flow = dl.GradientDescent(problem.loss), lambda h: dl.IGRFlow(problem.loss, h)
+    dt.assert_coefficients_match(make_flow, gd, 1, problem.params, problem.data)
+    with pytest.raises(AssertionError, match=r"GradientDescent in f_1 \(rtol 1e-10\)"):
+        dt.assert_coefficients_match(
+            _mutant(make_flow, 1 + relative_error), gd, 1, problem.params, problem.data
+        )
+
+
 # --- strategies and their guards --------------------------------------------------------
 
 
