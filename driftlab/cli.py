@@ -18,13 +18,6 @@ from ._io import machine_info, write_json_atomic
 DEFAULT_OUTPUT = "driftlab-results"
 
 
-class _Parser(argparse.ArgumentParser):
-    """Wrong arguments: one line on stderr and exit status 2, no usage dump or traceback."""
-
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """Every option's default after its help; the epilog's table kept as written."""
 
@@ -33,6 +26,16 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescription
         if action.default is None:
             return action.help
         return super()._get_help_string(action)
+
+
+class _Parser(argparse.ArgumentParser):
+    """Wrong arguments: one line on stderr and exit status 2, no usage dump or traceback."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, formatter_class=_Formatter, **kwargs)
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def _checked(convert, valid, allowed):
@@ -198,13 +201,12 @@ def _optimiser_table() -> str:
 
 
 def build_parser():
-    parser = _Parser(prog="driftlab", description=__doc__, formatter_class=_Formatter)
+    parser = _Parser(prog="driftlab", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     demo_parser = commands.add_parser(
         "demo",
         help="GD vs gradient flow and IGR on the MLP.",
         description=demo.__doc__,
-        formatter_class=_Formatter,
     )
     demo_parser.add_argument(
         "--output", default=DEFAULT_OUTPUT, help="directory for demo.json and demo.png"
@@ -221,7 +223,6 @@ def build_parser():
             "edge of stability (a StabilityWarning) ends with one line on stderr, status 2."
         ),
         epilog=_optimiser_table(),
-        formatter_class=_Formatter,
     )
     order_parser.add_argument(
         "--problem", default="mlp", help="the loss: " + ", ".join(_registry.PROBLEMS)
@@ -277,13 +278,12 @@ def build_parser():
         "bench",
         help="Flow-approximation benchmark sweep.",
         description=bench.__doc__,
-        formatter_class=_Formatter,
     )
     bench_parser.add_argument(
         "--preset",
         choices=["smoke", "fast", "full"],
         default="fast",
-        help="size of the sweep (smoke: seconds, fast: minutes, full: an hour or more)",
+        help="size of the sweep: smoke (a check that it runs), fast, or full",
     )
     bench_parser.add_argument("--output", help="directory (default: benchmarks/results)")
     bench_parser.set_defaults(func=bench)
