@@ -14,6 +14,7 @@ EXAMPLES = sorted(
 )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", EXAMPLES)
 def test_example_runs_quick(name, tmp_path):
     result = subprocess.run(
