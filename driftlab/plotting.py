@@ -1,7 +1,6 @@
 """Matplotlib figures of driftlab's measurements, written atomically."""
 
 import os
-import tempfile
 
 import matplotlib
 
@@ -10,20 +9,16 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
+from ._io import atomic_path
+
 
 def save_figure(figure, path: str) -> str:
     """Write `figure` to `path` through a temporary file, so a crash never leaves half a PNG."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
     suffix = os.path.splitext(path)[1] or ".png"
-    handle, temporary = tempfile.mkstemp(dir=directory, suffix=suffix)
-    os.close(handle)
     try:
-        figure.savefig(temporary, dpi=120, bbox_inches="tight")
-        os.replace(temporary, path)
+        with atomic_path(path, suffix) as temporary:
+            figure.savefig(temporary, dpi=120, bbox_inches="tight")
     finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
         plt.close(figure)
     return path
 

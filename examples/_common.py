@@ -2,6 +2,7 @@
 
 import argparse
 import os
+import pathlib
 import sys
 import time
 
@@ -14,15 +15,38 @@ from driftlab._io import machine_info, write_json_atomic
 VERDICTS = ("reproduced", "partly reproduced", "not reproduced")
 
 
+#: Where an example writes unless told otherwise: a scratch folder, so that running one
+#: never rewrites the tracked figures of `docs/gallery/`.
+SCRATCH = "driftlab-results"
+GALLERY = pathlib.Path(__file__).resolve().parents[1] / "docs" / "gallery"
+
+
 def parse_args(name: str, description: str) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog=f"python -m examples.{name}", description=description)
+    parser = argparse.ArgumentParser(
+        prog=f"python -m examples.{name}",
+        description=description,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument(
         "--quick", action="store_true", help="reduced sizes, for the smoke test (seconds)"
     )
-    parser.add_argument(
-        "--output", default=os.path.join("docs", "gallery", name), help="figures and JSON go here"
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument(
+        "--output",
+        default=os.path.join(SCRATCH, name),
+        help=f"figures and results.json go here (default: {SCRATCH}/{name})",
     )
-    return parser.parse_args()
+    where.add_argument(
+        "--regenerate-docs",
+        action="store_true",
+        help=f"write to docs/gallery/{name}/ instead, replacing the gallery's tracked figures",
+    )
+    args = parser.parse_args()
+    if args.regenerate_docs:
+        if args.quick:
+            parser.error("--quick results do not belong in the docs; drop one of the two flags")
+        args.output = str(GALLERY / name)
+    return args
 
 
 def loss_curves(loss, path, data):
@@ -53,6 +77,7 @@ def finish(name: str, args, claim: str, checks: dict[str, bool], numbers: dict, 
     for check, ok in checks.items():
         print(f"  [{'x' if ok else ' '}] {check}")
     print(f"verdict: {verdict}")
+    print(f"figures and results.json in {args.output}")
     write_json_atomic(
         {
             "example": name,

@@ -110,6 +110,7 @@ def test_performance_solver_comparison_matches_accuracy(solver_quadratic):
     assert 0 < result["field_share_of_scipy_time"] and result["speedup"] > 0
 
 
+@pytest.mark.slow
 def test_performance_principal_and_modified_flow_sections(solver_quadratic):
     (row,) = performance.principal_scaling((1,), 1, _quiet)
     assert row["parameters"] == 85 and row["lanczos"]["field_compared_with"] == "dense"

@@ -83,6 +83,7 @@ def _power_series_alternating(m, dim, alpha, lam, order):
     return out
 
 
+@pytest.mark.slow
 def test_alternating_game_coefficients():
     alpha, lam, dim = 1.0, 0.5, 2
     step, problem, m = _game(dim, alpha=alpha, lam=lam, alternating=True)
@@ -96,6 +97,7 @@ def test_alternating_game_coefficients():
 # --- gradient structure and the corrected loss ----------------------------------------------
 
 
+@pytest.mark.slow
 def test_gradient_verdicts():
     problem = helpers.small_quadratic(4)
     corrected = dl.CorrectedField(dl.GradientDescent(problem.loss), 0.3, 1)
@@ -117,6 +119,7 @@ def test_gradient_verdicts():
         dl.CorrectedField(step, 0.2, 0).modified_loss(problem.params, problem.data)
 
 
+@pytest.mark.slow
 def test_corrected_loss_gd_order_one():
     """Order 1: L - h/4 ||grad L||^2, up to the constant fixed at the reference; gradient -g_h."""
     problem = helpers.small_mlp()
@@ -197,6 +200,7 @@ def test_local_order_sgd_epoch_mlp(order):
     assert estimate.agrees(0.25), estimate
 
 
+@pytest.mark.slow
 def test_local_order_heavy_ball_slow_manifold():
     """Heavy-ball driven by g_h, started on its slow manifold, follows -grad L / (1 - beta)."""
     problem = helpers.small_quadratic(4)

@@ -160,6 +160,7 @@ def test_every_example_has_expectations():
         assert (quick_verdict == _documented_verdict(name)) == (name not in QUICK_DIFFERS), name
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", EXAMPLES)
 def test_example_runs_quick(name, tmp_path):
     result = subprocess.run(

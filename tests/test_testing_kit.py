@@ -162,6 +162,7 @@ def test_principal_flow_agrees_with_gd_through_order_one(problem):
     _check_flow_and_mutants(make_flow, gd, problem.params, problem.data)
 
 
+@pytest.mark.slow
 @settings(max_examples=3)
 @given(mlps, st.data())
 def test_sgd_flows_match_the_epoch_maps(problem, data):
@@ -213,6 +214,7 @@ def test_heavy_ball_flow_on_the_slow_manifold(problem, beta):
     _check_flow_and_mutants(make_flow, step, problem.params, problem.data)
 
 
+@pytest.mark.slow
 @settings(max_examples=3)
 @given(mlps, st.sampled_from([1e-8, 1e-2, 1.0]))
 def test_adaptive_flows_on_the_slow_manifold(problem, eps):

@@ -7,6 +7,7 @@ import numpy as np
 from equinox import AbstractVar
 
 from .._custom_types import Args, Scalar, Y
+from .._errors import InputError
 
 
 class AbstractProblem(eqx.Module):
@@ -34,7 +35,7 @@ class AbstractProblem(eqx.Module):
         """
         num_samples = jtu.tree_leaves(self.data)[0].shape[0]
         if not 1 <= num_batches <= num_samples:
-            raise ValueError(f"`num_batches` must lie in [1, {num_samples}], got {num_batches}.")
+            raise InputError(f"`num_batches` must lie in [1, {num_samples}], got {num_batches}.")
         order = np.random.default_rng(seed).permutation(num_samples)
         size = num_samples // num_batches
         order = order[: size * num_batches]
