@@ -1,4 +1,4 @@
-"""The `driftlab` command: `driftlab demo`, `driftlab order`, `driftlab bench`."""
+"""The `driftlab` command: `driftlab demo`, `driftlab order`, `driftlab bench`, `driftlab weak`."""
 
 import argparse
 import os
@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 
-from . import _registry
+from . import _registry, _weak_cli
 from ._errors import DriftlabError, InputError
 from ._io import machine_info, write_json_atomic
 
@@ -189,6 +189,7 @@ def build_parser():
     bench_parser.add_argument("--preset", choices=["smoke", "fast", "full"], default="fast")
     bench_parser.add_argument("--output", help="directory (default: benchmarks/results)")
     bench_parser.set_defaults(func=bench)
+    _weak_cli.register(commands)
     return parser
 
 

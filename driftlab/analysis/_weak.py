@@ -129,13 +129,15 @@ class WeakOrderEstimate(eqx.Module):
         sde_name: str = "exact",
         map_name: str = "RandomBatchSGD",
         test_name: str = "phi",
+        strict: bool = True,
         **extra,
     ) -> "WeakOrderEstimate":
         """Fit the slope of `errors` against `hs` on the points clear of their floors.
 
         `stderrs` and `solver_errors` default to zero (exact errors, e.g. from
         `sgd_moments` / `sme_moments`). **Raises:** `MeasurementError` when fewer
-        than 3 points are usable.
+        than 3 points are usable, unless `strict=False`: then the slope, its error,
+        interval and intercept are NaN and the points are kept for the record.
         """
         order = np.argsort(np.asarray(hs, dtype=np.float64))
         hs = check_step_grid(hs)
@@ -148,7 +150,7 @@ class WeakOrderEstimate(eqx.Module):
         )
         floors = Z_SCORE * stderrs + solver_errors
         used = np.isfinite(errors) & (errors > 0) & (errors >= margin * floors)
-        if used.sum() < MIN_POINTS:
+        if used.sum() < MIN_POINTS and strict:
             raise MeasurementError(
                 f"only {int(used.sum())} of {hs.size} weak errors lie clearly above their "
                 f"Monte Carlo / solver floors (errors {errors.tolist()}, floors "
@@ -404,6 +406,7 @@ def weak_order_of_accuracy(
     substeps: int = 2,
     margin: float = 2.0,
     chunk_size: int = 2048,
+    strict: bool = True,
     progress: Callable[[int, int, float], None] | None = None,
 ) -> WeakOrderEstimate:
     r"""The weak order of `make_sde(h)` against `step`: `weak_error` over `hs`, then a slope fit.
@@ -416,7 +419,8 @@ def weak_order_of_accuracy(
     **Returns:** a `WeakOrderEstimate` whose `expected` is the SME's `order`.
 
     **Raises:** `InputError` for bad arguments, `MeasurementError` when fewer
-    than 3 points clear their floors.
+    than 3 points clear their floors (with `strict=False`, the estimate is returned
+    with a NaN slope instead, its points kept).
     """
     grid = check_step_grid(hs)
     max_steps = int(round(t_end / grid[0])) * substeps * 2 ** (NUM_LEVELS - 1) + 1
@@ -450,6 +454,7 @@ def weak_order_of_accuracy(
         solver_errors=[p.solver_error for p in points],
         margin=margin,
         t_end=t_end,
+        strict=strict,
         sde_name=f"StochasticModifiedEquation(order={order})",
         map_name=type(step).__name__,
         test_name=test_name or getattr(test_fn, "__name__", "phi"),
