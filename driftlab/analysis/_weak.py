@@ -156,8 +156,11 @@ class WeakOrderEstimate(eqx.Module):
                 f"Monte Carlo / solver floors (errors {errors.tolist()}, floors "
                 f"{floors.tolist()}); use more samples, larger step sizes or a longer `t_end`."
             )
-        slope, stderr, intercept = fit_slope(hs, errors, used)
-        half = scipy.stats.t.ppf(0.975, used.sum() - 2) * stderr if used.sum() > 2 else math.inf
+        if used.sum() < MIN_POINTS:
+            slope = stderr = intercept = half = math.nan
+        else:
+            slope, stderr, intercept = fit_slope(hs, errors, used)
+            half = scipy.stats.t.ppf(0.975, used.sum() - 2) * stderr
         return cls(
             sde_name=sde_name,
             map_name=map_name,
@@ -346,13 +349,16 @@ def weak_error(
     sde_keys = jr.split(sde_key, num_samples if num_sde_samples is None else num_sde_samples)
     tol = dt / 2**NUM_LEVELS
 
+    # Numbers as arrays, not static Python scalars: one compilation serves every h and level.
+    h_, steps_, t_end_, tol_ = (jnp.asarray(x) for x in (h, num_steps, t_end, tol))
+
     def run_sgd(keys):
-        return _sgd_values(step, y0, h, num_steps, sde.data, keys, test_fn)
+        return _sgd_values(step, y0, h_, steps_, sde.data, keys, test_fn)
 
     def run_sde(keys):
         # One Brownian tree per key, queried at every level: common random numbers.
         levels = [
-            _sde_values(sde, y0, t_end, dt / 2**level, tol, keys, test_fn, max_steps)
+            _sde_values(sde, y0, t_end_, jnp.asarray(dt / 2**level), tol_, keys, test_fn, max_steps)
             for level in range(NUM_LEVELS)
         ]
         return jnp.stack(levels, axis=1)

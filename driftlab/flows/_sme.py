@@ -6,7 +6,6 @@ import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import jax.random as jr
 import jax.tree_util as jtu
 from jaxtyping import Array, Float
 
@@ -249,8 +248,3 @@ class _NoiseTerm(diffrax.AbstractTerm):
     def is_vf_expensive(self, t0, t1, y, args) -> bool:
         del t0, t1, y, args
         return True
-
-
-def random_key(key):
-    """A typed PRNG key from a typed key or raw uint32 key data."""
-    return key if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else jr.wrap_key_data(key)
