@@ -186,3 +186,12 @@ def test_bad_inputs_raise_input_errors():
         weak_error(step, sde, y0, 0.1, 0.25, lambda p: p, 10, jr.key(0))
     with pytest.raises(dl.InputError, match="RandomBatchSGD"):
         weak_error(dl.SGD(loss), sde, y0, 0.1, 1.0, lambda p: p, 10, jr.key(0))
+
+
+def test_cli_weak_is_registered_and_rejects_a_bad_order(tmp_path, capsys):
+    from driftlab import cli
+
+    args = cli.build_parser().parse_args(["weak", "--order", "1", "2", "--num-batches", "4"])
+    assert args.order == [1, 2] and args.num_batches == 4
+    assert cli.main(["weak", "--order", "3", "--output", str(tmp_path)]) == 2
+    assert "`--order` values must be 1 or 2" in capsys.readouterr().err
