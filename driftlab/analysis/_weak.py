@@ -93,6 +93,9 @@ class WeakOrderEstimate(eqx.Module):
       `constant` $= 2^{\text{intercept}}$, the $C$ of error $\approx C h^{p}$.
     - `expected`: the SME's weak order; `sde_name`, `map_name`, `test_name`, `t_end`,
       `num_samples`; `sgd_samples_per_second`, `sde_samples_per_second`.
+    - `signed_errors`: for a scalar $\varphi$, $\mathbb E\varphi(\theta_n) -
+      \mathbb E\varphi(\Theta)$ with its sign (a sign change along the grid means
+      two error terms cancel there), else `None`.
     """
 
     sde_name: str = eqx.field(static=True)
@@ -114,6 +117,7 @@ class WeakOrderEstimate(eqx.Module):
     num_samples: int = 0
     sgd_samples_per_second: float = math.nan
     sde_samples_per_second: float = math.nan
+    signed_errors: np.ndarray | None = None
 
     @classmethod
     def fit(
@@ -224,6 +228,9 @@ class WeakOrderEstimate(eqx.Module):
             "excluded": self.excluded,
             "sgd_samples_per_second": self.sgd_samples_per_second,
             "sde_samples_per_second": self.sde_samples_per_second,
+            "signed_errors": None
+            if self.signed_errors is None
+            else [float(e) for e in self.signed_errors],
         }
 
     def to_json(self) -> str:
@@ -467,6 +474,9 @@ def weak_order_of_accuracy(
         num_samples=num_samples,
         sgd_samples_per_second=float(np.median([p.sgd_samples_per_second for p in points])),
         sde_samples_per_second=float(np.median([p.sde_samples_per_second for p in points])),
+        signed_errors=np.array([float(p.sgd_expectation[0] - p.sde_expectation[0]) for p in points])
+        if points[0].sgd_expectation.size == 1
+        else None,
     )
     if not estimate.used.all():
         warnings.warn(
