@@ -194,6 +194,20 @@ def test_bad_inputs_raise_input_errors():
         weak_error(step, sde, y0, 0.1, 0.25, lambda p: p, 10, jr.key(0))
     with pytest.raises(dl.InputError, match="RandomBatchSGD"):
         weak_error(dl.SGD(loss), sde, y0, 0.1, 1.0, lambda p: p, 10, jr.key(0))
+    with pytest.raises(dl.InputError, match="different sampling models"):
+        weak_error(RandomBatchSGD(loss, 2), sde, y0, 0.1, 1.0, lambda p: p, 10, jr.key(0))
+
+
+def test_random_batch_sgd_runs_under_iterate_and_takes_batch_steps():
+    batches, h = _batches(), 0.1
+    step = RandomBatchSGD(dl.problems.quadratic_loss)
+    path = dl.iterate(step, step.init(jnp.asarray(Y0), key=jr.key(0)), h, 3, batches)
+    first = np.asarray(path.params[1])
+    candidates = [Y0 - h * (batches["A"][k] @ Y0 - batches["b"][k]) for k in range(4)]
+    assert min(np.abs(first - c).max() for c in candidates) < 1e-14
+    assert not np.array_equal(path.key[1], path.key[2])  # a fresh key every step
+    distinct = RandomBatchSGD(dl.problems.quadratic_loss, 4, replacement=False)
+    assert sorted(np.asarray(distinct.draw(jr.key(1), 4)).tolist()) == [0, 1, 2, 3]
 
 
 def test_cli_weak_is_registered_and_rejects_a_bad_order(tmp_path, capsys):

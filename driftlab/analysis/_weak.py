@@ -336,6 +336,13 @@ def weak_error(
         raise InputError(
             f"`sde` must be a driftlab.StochasticModifiedEquation, got {type(sde).__name__}."
         )
+    sampling = ("batch_size", "replacement", "examples")
+    if any(getattr(step, name) != getattr(sde, name) for name in sampling):
+        raise InputError(
+            "`step` and `sde` assume different sampling models ("
+            + ", ".join(f"{n}: {getattr(step, n)} vs {getattr(sde, n)}" for n in sampling)
+            + "); build the SME with `StochasticModifiedEquation.of(step, data, h, order)`."
+        )
     check_float64_tree(y0, "y0")
     h, t_end = check_step_size(h), check_step_size(t_end, "t_end")
     if abs(float(sde.h) - h) > 1e-12 * h:

@@ -43,8 +43,8 @@ class StochasticModifiedEquation(AbstractFlow):
     one-step moments agree to $O(h^3)$: the SDE's mean increment is
     $-hg - \frac{h^2}4\nabla\|g\|^2 + \frac{h^2}2 Hg + O(h^3) = -hg + O(h^3)$, its
     second moment $h^2(gg^\top + c\Sigma) + O(h^3)$, as SGD's. On linear regression
-    `driftlab.analysis.quadratic_moments` checks this exactly (mean and second moment;
-    slopes 2.0).
+    `driftlab.analysis.sgd_moments` and `sme_moments` check this exactly (mean and
+    second moment: weak slopes 2.00 and 2.03).
 
     **Matrix-free noise.** The diffusion is the $P\times N$ matrix
     $G(\theta) = \sqrt{hc/N}\,[g_1 - g, \dots, g_N - g]$ driven by an
