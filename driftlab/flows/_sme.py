@@ -13,6 +13,7 @@ from .._custom_types import Args, RealScalarLike, Scalar, Y
 from .._errors import check_step_size, InputError
 from .._tree import tree_vdot
 from ..integrators._random import (
+    check_loss,
     check_sampling,
     covariance_factor,
     num_units,
@@ -109,8 +110,7 @@ class StochasticModifiedEquation(AbstractFlow):
     examples: bool = eqx.field(static=True, default=False)
 
     def __check_init__(self):
-        if not callable(self.loss):
-            raise InputError("`loss` must be callable as `loss(params, batch)`.")
+        check_loss(self.loss)
         if self.order not in (1, 2):
             raise InputError(f"`order` must be 1 or 2 (weak order), got {self.order!r}.")
         if not isinstance(self.h, jax.core.Tracer):

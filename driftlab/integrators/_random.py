@@ -43,6 +43,11 @@ def covariance_factor(num: int, batch_size: int, replacement: bool) -> float:
     return (num - batch_size) / (batch_size * (num - 1)) if num > 1 else 0.0
 
 
+def check_loss(loss) -> None:
+    if not callable(loss):
+        raise InputError("`loss` must be callable as `loss(params, batch)`.")
+
+
 def check_sampling(num: int, batch_size: int, replacement: bool) -> None:
     if not isinstance(batch_size, int) or batch_size < 1:
         raise InputError(f"`batch_size` must be a positive integer, got {batch_size!r}.")
@@ -93,8 +98,7 @@ class RandomBatchSGD(_AbstractParamsInStateMap):
     examples: bool = eqx.field(static=True, default=False)
 
     def __check_init__(self):
-        if not callable(self.loss):
-            raise InputError("`loss` must be callable as `loss(params, batch)`.")
+        check_loss(self.loss)
         check_sampling(self.batch_size, self.batch_size, True)
 
     def draw(self, key, num: int) -> Array:
