@@ -34,6 +34,9 @@ from .analysis import (
     order_of_accuracy as order_of_accuracy,
     OrderEstimate as OrderEstimate,
     stability_index as stability_index,
+    weak_error as weak_error,
+    weak_order_of_accuracy as weak_order_of_accuracy,
+    WeakOrderEstimate as WeakOrderEstimate,
 )
 from .flows import (
     AbstractFlow as AbstractFlow,
@@ -53,6 +56,7 @@ from .flows import (
     sgd_loss as sgd_loss,
     SGDFlow as SGDFlow,
     SimultaneousGameFlow as SimultaneousGameFlow,
+    StochasticModifiedEquation as StochasticModifiedEquation,
 )
 from .integrators import (
     AbstractEulerStepMap as AbstractEulerStepMap,
@@ -66,6 +70,7 @@ from .integrators import (
     Nesterov as Nesterov,
     OptaxStepMap as OptaxStepMap,
     OrderAveragedSGDEpoch as OrderAveragedSGDEpoch,
+    RandomBatchSGD as RandomBatchSGD,
     RMSProp as RMSProp,
     SGD as SGD,
     SGDEpoch as SGDEpoch,

@@ -1,4 +1,4 @@
-"""The `driftlab` command: `driftlab demo`, `driftlab order`, `driftlab bench`."""
+"""The `driftlab` command: `driftlab demo`, `driftlab order`, `driftlab bench`, `driftlab weak`."""
 
 import argparse
 import math
@@ -10,7 +10,7 @@ import warnings
 
 import numpy as np
 
-from . import _registry
+from . import _registry, _weak_cli
 from ._errors import DriftlabError, InputError, StabilityWarning
 from ._io import machine_info, write_json_atomic
 
@@ -287,6 +287,7 @@ def build_parser():
     )
     bench_parser.add_argument("--output", help="directory (default: benchmarks/results)")
     bench_parser.set_defaults(func=bench)
+    _weak_cli.register(commands)
     return parser
 
 

@@ -11,6 +11,7 @@ from ._gradient_structure import (
     GradientStructure as GradientStructure,
     is_gradient_field as is_gradient_field,
 )
+from ._moments import Moments as Moments, sgd_moments as sgd_moments, sme_moments as sme_moments
 from ._order import (
     order_of_accuracy as order_of_accuracy,
     OrderEstimate as OrderEstimate,
@@ -20,4 +21,10 @@ from ._spectra import (
     HessianSpectrum as HessianSpectrum,
     lambda_max as lambda_max,
     stability_index as stability_index,
+)
+from ._weak import (
+    weak_error as weak_error,
+    weak_order_of_accuracy as weak_order_of_accuracy,
+    WeakError as WeakError,
+    WeakOrderEstimate as WeakOrderEstimate,
 )

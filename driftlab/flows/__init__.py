@@ -32,3 +32,4 @@ from ._momentum import (
 )
 from ._principal import PrincipalFlow as PrincipalFlow
 from ._sgd import ExactBatchSGDFlow as ExactBatchSGDFlow, SGDFlow as SGDFlow
+from ._sme import StochasticModifiedEquation as StochasticModifiedEquation

@@ -21,4 +21,8 @@ from ._maps import (
     SGDEpoch as SGDEpoch,
     SimultaneousGD as SimultaneousGD,
 )
+from ._random import (
+    RandomBatchSGD as RandomBatchSGD,
+    RandomBatchState as RandomBatchState,
+)
 from ._solve import solve as solve
