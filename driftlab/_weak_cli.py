@@ -4,7 +4,6 @@ import os
 import sys
 
 import jax.random as jr
-import numpy as np
 
 from . import _registry
 from ._errors import InputError
@@ -85,7 +84,9 @@ def run_weak(
 
 
 def weak(args):
-    hs = np.geomspace(args.h_min, args.h_max, args.num)
+    from .cli import _step_grid
+
+    hs = _step_grid(args.h_min, args.h_max, args.num)
     estimates, setting = run_weak(
         args.problem,
         args.order,
@@ -109,20 +110,32 @@ def weak(args):
 
 def register(commands) -> None:
     """Add the `weak` subcommand to the `driftlab` parser's subcommands."""
+    from .cli import _checked, _grid_size, _nonnegative_int, _positive
+
+    order_type = _checked(int, lambda k: k in (1, 2), "1 or 2")
+    count = _checked(int, lambda n: n >= 1, ">= 1")
     parser = commands.add_parser("weak", help="Weak order of the SGD's SMEs (Monte Carlo).")
-    parser.add_argument("--problem", default="logistic", help=", ".join(_registry.PROBLEMS))
-    parser.add_argument("--order", nargs="+", type=int, default=[1, 2])
-    parser.add_argument("--h-min", type=float, default=0.1)
-    parser.add_argument("--h-max", type=float, default=0.4)
-    parser.add_argument("--num", type=int, default=3)
-    parser.add_argument("--t-end", type=float, default=0.8)
     parser.add_argument(
-        "--num-batches", type=int, default=0, help="m fixed batches (0: per-example draws)"
+        "--problem",
+        default="logistic",
+        choices=_registry._DATA_PROBLEMS,
+        help="the loss and data (problems with examples to sample)",
     )
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--samples", type=int, default=20000, help="SGD runs per step size")
-    parser.add_argument("--sde-samples", type=int, default=1000, help="SME paths per step size")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--output", default="driftlab-results")
-    parser.add_argument("--stem", default="weak")
+    parser.add_argument("--order", nargs="+", type=order_type, default=[1, 2], help="SME orders")
+    parser.add_argument("--h-min", type=_positive, default=0.1, help="smallest SGD step")
+    parser.add_argument("--h-max", type=_positive, default=0.4, help="largest SGD step")
+    parser.add_argument("--num", type=_grid_size, default=3, help="step sizes in the grid")
+    parser.add_argument("--t-end", type=_positive, default=0.8, help="time of the comparison")
+    parser.add_argument(
+        "--num-batches",
+        type=_nonnegative_int,
+        default=0,
+        help="m fixed batches (0: per-example draws)",
+    )
+    parser.add_argument("--batch-size", type=count, default=8, help="examples per SGD step")
+    parser.add_argument("--samples", type=count, default=20000, help="SGD runs per step size")
+    parser.add_argument("--sde-samples", type=count, default=1000, help="SME paths per step size")
+    parser.add_argument("--seed", type=_nonnegative_int, default=0, help="PRNG seed")
+    parser.add_argument("--output", default="driftlab-results", help="directory for STEM.json")
+    parser.add_argument("--stem", default="weak", help="file name of the results")
     parser.set_defaults(func=weak)
