@@ -24,6 +24,7 @@ def _run(optimiser, loss, params, data, steps):
     return np.array(losses), state
 
 
+@pytest.mark.slow
 def test_dal_stays_stable_where_gd_diverges():
     # A quadratic with lambda_max = 10: GD at h = 0.25 (h lambda_max = 2.5) diverges.
     problem = dl.problems.quadratic(6, condition=100.0, lambda_max=10.0, seed=0)
