@@ -360,8 +360,10 @@ def markdown(result: dict) -> str:
         [
             "# Mutation check",
             "",
-            f"`{result['command']}`: {result['killed']} of {result['total']} planted bugs "
-            f"caught{'; survivors: ' + ', '.join(survivors) if survivors else ''}.",
+            f"Last run: `{result['command']}`.",
+            "",
+            f"{result['killed']} of {result['total']} planted bugs caught"
+            f"{'; survivors: ' + ', '.join(survivors) if survivors else ''}.",
             "",
             markdown_table(["mutant", "file", "bug", "outcome", "seconds"], rows),
             "",
