@@ -5,10 +5,10 @@ import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
-from jax.flatten_util import ravel_pytree
 
 from .._custom_types import Args, Y
 from .._errors import check_float64_tree, InputError
+from .._tree import ravel
 
 
 #: Default verdict threshold on the relative asymmetry (round-off of the automatic
@@ -100,10 +100,10 @@ def _measure(flow, per_coefficient: bool, x, us, vs, args, unravel):
 
     def fields(z):
         point = unravel(z)
-        whole = ravel_pytree(flow(0.0, point, args))[0]
+        whole = ravel(flow(0.0, point, args))[0]
         if not per_coefficient:
             return [whole]
-        return [whole] + [ravel_pytree(f)[0] for f in flow.coefficients(point, args)]
+        return [whole] + [ravel(f)[0] for f in flow.coefficients(point, args)]
 
     outputs, pullback = jax.vjp(fields, x)
 
@@ -160,7 +160,7 @@ def is_gradient_field(
         raise InputError("`flow` must be callable as `flow(t, y, args)`.")
     check_float64_tree(y, "y")
     key = jr.key(0) if key is None else key
-    flat, unravel = ravel_pytree(y)
+    flat, unravel = ravel(y)
     per_coefficient = isinstance(flow, AbstractSeriesFlow)
 
     key_u, key_v = jr.split(key)

@@ -49,6 +49,20 @@ class AbstractFlow(eqx.Module):
         del params, args
         return None
 
+    def outside_region(self, params: Y, args: Args) -> str | None:
+        r"""Why this flow does not describe its map at `params` and its `h`, or `None`.
+
+        Flows of maps with auxiliary state (momentum, Adam, RMSProp) live on a
+        slow manifold that exists only for small enough $h$ (for heavy-ball on a
+        quadratic, $h\lambda < (1 - \sqrt\beta)^2$). They measure it on the map's
+        linearisation at `params` (on the slow manifold) and return the reason
+        when it does not exist; their fields then warn (`StabilityWarning`), and
+        `driftlab.local_error`, `global_error` and `order_of_accuracy` refuse the
+        point. `None` (the default): no such limit is known, or under `jit`.
+        """
+        del params, args
+        return None
+
     def modified_loss(self, y: Y, args: Args) -> Scalar:
         r"""The modified loss $\tilde L_h$ with $f_h = -\nabla \tilde L_h$, where one exists."""
         del y, args

@@ -16,10 +16,10 @@ import jax.tree_util as jtu
 import numpy as np
 from jax.experimental import jet
 from jax.extend import core as jex_core
-from jax.flatten_util import ravel_pytree
 
 from .._custom_types import Y
 from .._errors import InputError
+from .._tree import array_leaves, ravel, split
 from ..integrators import AbstractStepMap
 
 
@@ -109,18 +109,24 @@ class Layout(NamedTuple):
 
 
 def state_layout(step: AbstractStepMap, template: Y, params: Y) -> Layout:
-    flat_template, unravel = ravel_pytree(template)
+    """Where `params` sit in the ravelled `template` (a model's static leaves are not ravelled)."""
+    flat_template, unravel = ravel(template)
     size = flat_template.size
-    num_params = sum(np.size(leaf) for leaf in jtu.tree_leaves(params))
+    template_arrays, template_static = split(template)
+    param_arrays, param_static = split(params)
+    num_params = sum(np.size(leaf) for leaf in jtu.tree_leaves(param_arrays))
     # Mark the parameters 1..n, in ravel order (numpy, so that it stays concrete under `jit`).
-    param_leaves, param_def = jtu.tree_flatten(params)
+    param_leaves, param_def = jtu.tree_flatten(param_arrays)
     ends = np.cumsum([np.size(leaf) for leaf in param_leaves])
     marks = np.split(np.arange(1, num_params + 1, dtype=np.float64), ends[:-1])
     marked_params = jtu.tree_unflatten(
         param_def, [m.reshape(np.shape(leaf)) for m, leaf in zip(marks, param_leaves)]
     )
-    zeros = jtu.tree_map(lambda x: np.zeros(np.shape(x)), template)
-    leaves = jtu.tree_leaves(step.with_parameters(zeros, marked_params))
+    zeros = jtu.tree_map(lambda x: np.zeros(np.shape(x)), template_arrays)
+    marked_state = step.with_parameters(
+        eqx.combine(zeros, template_static), eqx.combine(marked_params, param_static)
+    )
+    leaves = array_leaves(marked_state)
     try:
         marks = np.concatenate([np.ravel(np.asarray(leaf)) for leaf in leaves])
     except (TypeError, jax.errors.TracerArrayConversionError) as error:

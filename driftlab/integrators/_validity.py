@@ -1,0 +1,174 @@
+r"""Where a map with auxiliary state has a slow manifold: measured on its linearisation.
+
+A map on $(\theta, a)$ whose auxiliary part decays ($a' = D a + \dots$ at $h = 0$)
+has, for small $h$, $n_\theta$ *slow* eigenvalues of its Jacobian near 1 and
+$n_a$ *fast* ones near the entries of $D$. Its slow invariant manifold (where
+the modified flows of heavy-ball, Nesterov, Adam and RMSProp live) persists
+while the two groups stay apart: the $n_\theta$ eigenvalues of largest modulus
+are strictly larger in modulus than all the others. When the stiffest slow
+eigenvalue meets a fast one they merge into a complex pair of equal modulus and
+the manifold is gone. For heavy-ball on a quadratic this is exactly
+$h\lambda < (1 - \sqrt\beta)^2$ (the roots of $r^2 - (1 + \beta - h\lambda) r + \beta$
+become complex); for Nesterov $h\lambda < ((1-\beta)/(1+\beta))^2$; for Adam it
+involves the preconditioned curvature, which grows without bound as the gradient
+vanishes. The measurement below makes no such case distinction: it linearises
+the map itself at the given state.
+"""
+
+import math
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .._custom_types import Args, RealScalarLike, Y
+from .._errors import StabilityWarning, warn_at_caller
+from .._tree import array_leaves, ravel
+from ._maps import AbstractStepMap
+
+
+#: Up to this many state entries the map's Jacobian is formed and fully diagonalised.
+DENSE_LIMIT = 256
+#: Power iterations for the stiffest parameter direction (large states).
+POWER_ITERATIONS = 30
+#: The slow and fast groups count as merged below this relative gap in modulus
+#: (the eigenvalues of a nearly defective pair are accurate to about sqrt(eps)).
+GAP_TOLERANCE = 1e-6
+
+
+class Region(eqx.Module):
+    """The measured separation of a map's slow and fast eigenvalues at one state and `h`.
+
+    **Attributes:** `slow` (the smallest modulus among the $n_\theta$ largest),
+    `fast` (the largest of the others), `graph` (the smallest singular value of
+    the parameter part of an orthonormal basis of the slow eigenvectors: 0 when
+    the slow subspace is not a graph over the parameters, e.g. when it is made
+    of whole complex pairs of a few directions), `method` (`"dense"` or
+    `"krylov"`). The slow manifold exists when `slow > fast` and `graph > 0`
+    (beyond `GAP_TOLERANCE`).
+    """
+
+    slow: float
+    fast: float
+    graph: float
+    method: str = eqx.field(static=True)
+
+    @property
+    def exists(self) -> bool:
+        separated = self.slow - self.fast > GAP_TOLERANCE * max(self.slow, 1e-300)
+        return separated and self.graph > GAP_TOLERANCE
+
+    def reason(self, map_name: str, h: float) -> str:
+        if self.graph > GAP_TOLERANCE:
+            why = (
+                f"the slow eigenvalues of its linearisation (smallest |mu| = {self.slow:.4g}) "
+                "do not separate from the fast ones of its auxiliary state (largest "
+                f"|mu| = {self.fast:.4g})"
+            )
+        else:
+            why = (
+                "the eigenvalues of its linearisation come in complex pairs that mix "
+                "parameters and auxiliary state, so no slow subspace is a graph over "
+                "the parameters"
+            )
+        return (
+            f"{map_name} has no slow manifold at h = {h:.4g} here: {why} (for heavy-ball "
+            "this happens at h * lambda = (1 - sqrt(beta))^2, where the two roots turn "
+            "complex), so the iterates follow no real flow of the parameters and the "
+            "modified series is formal; use a smaller h"
+        )
+
+
+def _split(values: np.ndarray, vectors: np.ndarray, num_slow: int, restrict) -> tuple:
+    """`(slow, fast, graph)` of `Region` from eigenpairs (vectors as columns)."""
+    order = np.argsort(-np.abs(values), kind="stable")
+    moduli = np.abs(values[order])
+    fast = float(moduli[num_slow]) if moduli.size > num_slow else 0.0
+    basis = np.linalg.qr(vectors[:, order[:num_slow]])[0]
+    theta_part = np.stack([restrict(column) for column in basis.T], axis=1)
+    graph = float(np.linalg.svd(theta_part, compute_uv=False)[-1])
+    return float(moduli[num_slow - 1]), fast, graph
+
+
+def _num_entries(tree) -> int:
+    return sum(int(np.size(leaf)) for leaf in array_leaves(tree))
+
+
+@eqx.filter_jit
+def _jvp(step, h, args, unravel, u, v):
+    return jax.jvp(lambda w: ravel(step(unravel(w), h, args))[0], (u,), (v,))[1]
+
+
+def measure_region(step: AbstractStepMap, state: Y, h: RealScalarLike, args: Args) -> Region:
+    r"""Linearise `step` at `state` and measure the gap between its slow and fast eigenvalues.
+
+    Up to `DENSE_LIMIT` entries, every eigenvalue of the Jacobian. Beyond, the
+    stiffest parameter direction $v$ (power iteration on the parameter block of
+    $J - I$, Jacobian-vector products only), then the eigenvalues of $J$ on the
+    Krylov space from $(v, 0)$ of dimension $1 + n_a / n_\theta$ (one copy of $v$
+    per auxiliary slot: exact for momentum on a quadratic).
+    """
+    flat, unravel = ravel(state)
+    params = step.parameters(state)
+    num_slow = _num_entries(params)
+    h = jnp.asarray(h, flat.dtype)
+    # The parameter part of a state vector, complex allowed (a linear selection).
+    select = lambda w: np.asarray(ravel(step.parameters(unravel(jnp.asarray(w))))[0])
+    restrict = lambda w: select(w.real) + 1j * select(w.imag)
+    if flat.size <= DENSE_LIMIT:
+        jacobian = jax.jacfwd(lambda u: ravel(step(unravel(u), h, args))[0])(flat)
+        values, vectors = np.linalg.eig(np.asarray(jacobian))
+        return Region(*_split(values, vectors, num_slow, restrict), "dense")
+    product = lambda v: _jvp(step, h, args, unravel, flat, v)
+    zero_state = unravel(jnp.zeros_like(flat))
+    unravel_params = ravel(params)[1]
+    embed = lambda p: ravel(step.with_parameters(zero_state, unravel_params(p)))[0]
+    v = jnp.cos(1.0 + jnp.arange(num_slow, dtype=flat.dtype) * 0.7548776662466927)
+    for _ in range(POWER_ITERATIONS):
+        v = jnp.asarray(select(product(embed(v)))) - v
+        v = v / jnp.linalg.norm(v)
+    dimension = 1 + math.ceil((flat.size - num_slow) / num_slow)
+    basis = [embed(v) / jnp.linalg.norm(embed(v))]
+    hessenberg = np.zeros((dimension, dimension))
+    for j in range(dimension):
+        w = product(basis[j])
+        for i, q in enumerate(basis):
+            hessenberg[i, j] = float(q @ w)
+            w = w - hessenberg[i, j] * q
+        norm = float(jnp.linalg.norm(w))
+        if j + 1 == dimension or norm < 1e-12 * max(1.0, abs(hessenberg[j, j])):
+            size = j + 1
+            break
+        hessenberg[j + 1, j] = norm
+        basis.append(w / norm)
+    values, vectors = np.linalg.eig(hessenberg[:size, :size])
+    ritz_vectors = np.stack([np.asarray(q) for q in basis], axis=1) @ vectors
+    return Region(*_split(values, ritz_vectors, 1, restrict), "krylov")
+
+
+def has_auxiliary_state(step: AbstractStepMap, state: Y) -> bool:
+    """Whether `state` holds more than the parameters (momentum, moments)."""
+    return _num_entries(state) > _num_entries(step.parameters(state))
+
+
+def is_concrete(*trees) -> bool:
+    """Whether no array leaf of `trees` is traced (checks need values)."""
+    return not any(isinstance(leaf, jax.core.Tracer) for leaf in array_leaves(trees))
+
+
+def region_problem(step: AbstractStepMap, state: Y, h: RealScalarLike, args: Args) -> str | None:
+    """Why `step` has no slow manifold at `state` and `h`, or `None` where it has one.
+
+    `None` too for maps without auxiliary state and under `jit` (values unknown).
+    """
+    if not is_concrete(state, h) or not has_auxiliary_state(step, state):
+        return None
+    region = measure_region(step, state, h, args)
+    return None if region.exists else region.reason(type(step).__name__, float(h))
+
+
+def warn_outside_region(problem: str | None) -> None:
+    """Warn (`StabilityWarning`) with `problem`, if any, at the user's line."""
+    if problem is not None:
+        warn_at_caller(problem + ".", StabilityWarning)
