@@ -226,15 +226,20 @@ def order_of_accuracy(
     outside = np.array([bool(note) for note in notes])
     used = np.isfinite(errors) & (errors >= 10 * floors)
     if outside.any():
-        message = (
+        first = int(np.flatnonzero(outside)[0])
+        summary = (
             f"{int(outside.sum())} of {grid.size} points lie outside the region where "
-            f"{type(first_flow).__name__} describes {type(step).__name__} and were not "
-            f"measured (see `OrderEstimate.excluded`); the first: h={grid[outside][0]:.4g}: "
-            f"{notes[int(np.flatnonzero(outside)[0])]}."
+            f"{type(first_flow).__name__} describes {type(step).__name__}"
         )
+        detail = f"the first, h={grid[first]:.4g}: {notes[first]}."
         if used.sum() < MIN_POINTS:
-            raise MeasurementError(message.replace("were not measured", "cannot be measured"))
-        warn_at_caller(message, StabilityWarning)
+            raise MeasurementError(
+                f"{summary}, too few are left to fit an order of accuracy; {detail}"
+            )
+        warn_at_caller(
+            f"{summary} and were left out (see `OrderEstimate.excluded`); {detail}",
+            StabilityWarning,
+        )
     if used.sum() < MIN_POINTS:
         raise MeasurementError(
             f"only {int(used.sum())} of {grid.size} points lie above the round-off / solver "
