@@ -1,4 +1,8 @@
-"""Every ```python block of the docs runs, page by page in one namespace, so docs never drift."""
+"""Every ```python block of the docs runs, page by page in one namespace, so docs never drift.
+
+Blocks fenced as ```py are shown but not run: code that needs an optional package
+(Flax NNX on "Your own model"), which its own test runs where the package is installed.
+"""
 
 import pathlib
 import re

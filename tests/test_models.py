@@ -125,3 +125,30 @@ def test_state_where_parameters_are_expected():
             dl.iterate(step, model, 0.01, 2, batch)
         with pytest.raises(dl.InputError, match=r"`y0` is not a state of"):
             dl.local_error(step, flow, model, 0.01, batch)
+
+
+def test_flax_nnx_parameters_through_nnx_split():
+    nnx = pytest.importorskip("flax.nnx")  # optional: runs where flax is installed
+
+    class MLP(nnx.Module):
+        def __init__(self, rngs):
+            self.hidden = nnx.Linear(3, 8, param_dtype=jnp.float64, rngs=rngs)
+            self.out = nnx.Linear(8, 1, param_dtype=jnp.float64, rngs=rngs)
+
+        def __call__(self, x):
+            return self.out(jnp.tanh(self.hidden(x)))
+
+    graphdef, params = nnx.split(MLP(nnx.Rngs(0)))
+    _, batch, _ = _model_problem()
+
+    def nnx_loss(params, batch):
+        inputs, targets = batch
+        return jnp.mean((nnx.merge(graphdef, params)(inputs) - targets) ** 2)
+
+    h = 0.05
+    modified = dl.ModifiedFlow(dl.GradientDescent(nnx_loss), h, 1)(0.0, params, batch)
+    flat, unravel = ravel_pytree(params)
+    flat_loss = lambda u, b: nnx_loss(unravel(u), b)
+    g = jax.grad(flat_loss)(flat, batch)
+    expected = -g - 0.5 * h * jax.hessian(flat_loss)(flat, batch) @ g
+    np.testing.assert_allclose(ravel_pytree(modified)[0], expected, rtol=1e-12, atol=1e-14)
