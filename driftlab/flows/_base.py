@@ -10,6 +10,7 @@ from jaxtyping import Array, Float
 
 from .._custom_types import Args, RealScalarLike, Scalar, Y
 from .._errors import InputError
+from .._symmetry import GRADIENT_TOLERANCE, measure_gradient_structure
 from .._tree import tree_vdot
 
 
@@ -117,9 +118,15 @@ def require_gradient_field(flow: AbstractFlow, y: Y, args: Args, advice: str) ->
     """
     if any(isinstance(leaf, jax.core.Tracer) for leaf in jtu.tree_leaves(y)):
         return
-    from ..analysis._gradient_structure import is_gradient_field
-
-    structure = is_gradient_field(flow, y, args, num_probes=2)
+    structure = measure_gradient_structure(
+        flow,
+        y,
+        args,
+        per_coefficient=isinstance(flow, AbstractSeriesFlow),
+        num_probes=2,
+        key=None,
+        tolerance=GRADIENT_TOLERANCE,
+    )
     if not structure.is_gradient:
         raise InputError(
             f"`y`: {type(flow).__name__} is not a gradient field there (relative asymmetry "
