@@ -84,13 +84,11 @@ def test_solve_and_measurements_on_a_model():
     error = dl.local_error(step, dl.IGRFlow(loss, h), model, h, batch).error
     flat_error = dl.local_error(flat_step, dl.IGRFlow(flat_loss, h), flat, h, batch).error
     assert abs(error - flat_error) <= 1e-9 * flat_error
-    hs = 0.2 * 2.0 ** -np.arange(4)
-    estimate = dl.order_of_accuracy(step, lambda h: dl.IGRFlow(loss, h), model, hs, "local", batch)
-    flat_estimate = dl.order_of_accuracy(
-        flat_step, lambda h: dl.IGRFlow(flat_loss, h), flat, hs, "local", batch
+    estimate = dl.order_of_accuracy(
+        step, lambda h: dl.IGRFlow(loss, h), model, [0.05, 0.1, 0.2], "local", batch
     )
-    np.testing.assert_allclose(estimate.errors, flat_estimate.errors, rtol=1e-8)
-    assert estimate.agrees(0.3), estimate
+    assert estimate.errors[0] == error
+    assert estimate.agrees(0.3), estimate  # O(h^3); measured 2.86
 
 
 def test_optax_momentum_on_a_model_matches_optax():

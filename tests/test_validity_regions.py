@@ -35,12 +35,12 @@ def test_heavy_ball_flow_region_is_the_closed_form():
     assert inside.outside_region(quad.params, quad.data) is None
     _quiet(lambda: inside(0.0, quad.params, quad.data))
     outside = dl.HeavyBallFlow(quad.loss, 1.03 * edge, BETA)
-    assert "no slow manifold" in outside.outside_region(quad.params, quad.data)
-    with pytest.warns(dl.StabilityWarning, match="no slow manifold") as record:
+    assert "no real slow manifold" in outside.outside_region(quad.params, quad.data)
+    with pytest.warns(dl.StabilityWarning, match="no real slow manifold") as record:
         outside(0.0, quad.params, quad.data)
     assert record[0].filename == __file__  # the warning points at the caller's line
     # The case: beta = 0.99, h = 1 (h lambda_max = 1 >> 1e-5 / 4).
-    with pytest.warns(dl.StabilityWarning, match="HeavyBall has no slow manifold"):
+    with pytest.warns(dl.StabilityWarning, match="HeavyBall has no real slow manifold"):
         dl.HeavyBallFlow(quad.loss, 1.0, 0.99)(0.0, quad.params, quad.data)
 
 
@@ -54,8 +54,8 @@ def test_nesterov_region_is_the_closed_form(stepper):
     edge = ((1 - BETA) / (1 + BETA)) ** 2
     assert dl.ModifiedFlow(step, 0.97 * edge, 1).outside_region(quad.params, quad.data) is None
     flow = dl.ModifiedFlow(step, 1.03 * edge, 1)
-    assert "no slow manifold" in flow.outside_region(quad.params, quad.data)
-    with pytest.warns(dl.StabilityWarning, match="no slow manifold") as record:
+    assert "no real slow manifold" in flow.outside_region(quad.params, quad.data)
+    with pytest.warns(dl.StabilityWarning, match="no real slow manifold") as record:
         flow.coefficients(quad.params, quad.data)
     assert record[0].filename == __file__
 
@@ -82,7 +82,7 @@ def test_adaptive_flows_near_a_minimum():
         lambda h: dl.AdamFlow(quad.loss, h, b1=0.5, b2=0.7, eps=1e-2),
     ):
         assert make(1e-4).outside_region(params, quad.data) is None
-        with pytest.warns(dl.StabilityWarning, match="no slow manifold"):
+        with pytest.warns(dl.StabilityWarning, match="no real slow manifold"):
             make(0.3)(0.0, params, quad.data)
 
 
@@ -92,16 +92,16 @@ def test_measurements_refuse_points_outside_the_region():
     y0 = step.init(quad.params)
     edge = (1 - np.sqrt(BETA)) ** 2
     make_flow = lambda h: dl.HeavyBallFlow(quad.loss, h, BETA)
-    with pytest.raises(dl.MeasurementError, match="no slow manifold"):
+    with pytest.raises(dl.MeasurementError, match="no real slow manifold"):
         dl.local_error(step, make_flow(1.5 * edge), y0, 1.5 * edge, quad.data)
-    with pytest.raises(dl.MeasurementError, match="no slow manifold"):
+    with pytest.raises(dl.MeasurementError, match="no real slow manifold"):
         dl.global_error(step, make_flow(1.5 * edge), y0, 1.5 * edge, 1.0, quad.data)
     hs = edge * np.array([0.1, 0.2, 0.4, 0.8, 1.5, 3.0])
     with pytest.warns(dl.StabilityWarning, match="2 of 6 points lie outside") as record:
         estimate = dl.order_of_accuracy(step, make_flow, y0, hs, "local", quad.data)
     assert record[0].filename == __file__
     assert list(estimate.used) == [True] * 4 + [False] * 2
-    assert all("no slow manifold" in line for line in estimate.excluded)
+    assert all("no real slow manifold" in line for line in estimate.excluded)
     assert np.all(np.isnan(estimate.errors[4:])) and estimate.agrees(0.3)
     with pytest.raises(dl.MeasurementError, match="too few are left"):
         dl.order_of_accuracy(step, make_flow, y0, hs[3:] * 2, "local", quad.data)

@@ -33,7 +33,8 @@ class _Solution(eqx.Module):
 @eqx.filter_jit
 def _diffeqsolve(flow, y0, t0, t1, ts, args, rtol, atol, max_steps):
     # At trace time only (once per compilation): the flow must return y0's structure.
-    field_shape = abstract_output(flow, type(flow).__name__, t0, y0, args)
+    name = type(flow.flow if isinstance(flow, _OnArrays) else flow).__name__
+    field_shape = abstract_output(flow, name, t0, y0, args)
     check_same_structure(field_shape, y0, "the flow's output", "y0")
     controller = diffrax.PIDController(rtol=rtol, atol=atol)
     if ts is None:

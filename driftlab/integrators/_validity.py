@@ -89,7 +89,7 @@ class Region(eqx.Module):
                 "the parameters"
             )
         return (
-            f"{map_name} has no slow manifold at h = {h:.4g} here: {why} (for heavy-ball "
+            f"{map_name} has no real slow manifold at h = {h:.4g} here: {why} (for heavy-ball "
             "this happens at h * lambda = (1 - sqrt(beta))^2, where the two roots turn "
             "complex), so the iterates follow no real flow of the parameters and the "
             "modified series is formal; use a smaller h"
