@@ -39,6 +39,8 @@ def test_heavy_ball_flow_region_is_the_closed_form():
     with pytest.warns(dl.StabilityWarning, match="no real slow manifold") as record:
         outside(0.0, quad.params, quad.data)
     assert record[0].filename == __file__  # the warning points at the caller's line
+    # Beyond h lambda = (1 + sqrt(beta))^2 the roots are real again, but negative: still none.
+    assert dl.HeavyBallFlow(quad.loss, 3.5, BETA).outside_region(quad.params, quad.data)
     # The case: beta = 0.99, h = 1 (h lambda_max = 1 >> 1e-5 / 4).
     with pytest.warns(dl.StabilityWarning, match="HeavyBall has no real slow manifold"):
         dl.HeavyBallFlow(quad.loss, 1.0, 0.99)(0.0, quad.params, quad.data)
@@ -58,6 +60,16 @@ def test_nesterov_region_is_the_closed_form(stepper):
     with pytest.warns(dl.StabilityWarning, match="no real slow manifold") as record:
         flow.coefficients(quad.params, quad.data)
     assert record[0].filename == __file__
+
+
+def test_optax_nesterov_far_outside_its_region():
+    # The case: beta = 0.9 at h lambda_max = 0.04 (edge 0.0028): every direction's
+    # roots are complex, so the moduli still separate pairwise but no slow subspace is a
+    # graph over the parameters.
+    quad = _quadratic()
+    step = dl.OptaxStepMap(quad.loss, lambda h: optax.sgd(h, momentum=0.9, nesterov=True))
+    problem = dl.ModifiedFlow(step, 0.04, 1).outside_region(quad.params, quad.data)
+    assert "complex pairs" in problem
 
 
 def test_krylov_region_of_a_large_state():

@@ -4,10 +4,12 @@ A map on $(\theta, a)$ whose auxiliary part decays ($a' = D a + \dots$ at $h = 0
 has, for small $h$, $n_\theta$ *slow* eigenvalues of its Jacobian near 1 and
 $n_a$ *fast* ones near the entries of $D$. Its slow invariant manifold (where
 the modified flows of heavy-ball, Nesterov, Adam and RMSProp live) persists
-while the two groups stay apart: the $n_\theta$ eigenvalues of largest modulus
-are strictly larger in modulus than all the others. When the stiffest slow
-eigenvalue meets a fast one they merge into a complex pair of equal modulus and
-the manifold is gone. For heavy-ball on a quadratic this is exactly
+while the two groups stay apart, continuously from $h = 0$: the $n_\theta$
+eigenvalues of largest modulus are strictly larger in modulus than all the
+others, their eigenvectors span a graph over the parameters, and they keep a
+positive real part. When the stiffest slow eigenvalue meets a fast one they
+merge into a complex pair of equal modulus and the manifold is gone. For
+heavy-ball on a quadratic this is exactly
 $h\lambda < (1 - \sqrt\beta)^2$ (the roots of $r^2 - (1 + \beta - h\lambda) r + \beta$
 become complex); for Nesterov $h\lambda < ((1-\beta)/(1+\beta))^2$; for Adam it
 involves the preconditioned curvature, which grows without bound as the gradient
@@ -31,7 +33,7 @@ from ._maps import AbstractStepMap
 #: Up to this many state entries the map's Jacobian is formed and fully diagonalised.
 DENSE_LIMIT = 256
 #: Step sizes (fractions of h) at which the gap is measured, to follow it from h = 0.
-CONTINUATION_STEPS = 16
+CONTINUATION_STEPS = 8
 #: Power iterations for the stiffest parameter direction (large states).
 POWER_ITERATIONS = 30
 #: The slow and fast groups count as merged below this relative gap in modulus
