@@ -88,7 +88,7 @@ def test_solve_and_measurements_on_a_model():
         step, lambda h: dl.IGRFlow(loss, h), model, [0.05, 0.1, 0.2], "local", batch
     )
     assert estimate.errors[0] == error
-    assert estimate.agrees(0.3), estimate  # O(h^3); measured 2.86
+    assert estimate.agrees(0.3), estimate  # O(h^3)
 
 
 def test_optax_momentum_on_a_model_matches_optax():
