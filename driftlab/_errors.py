@@ -2,6 +2,9 @@
 
 import difflib
 import math
+import os
+import sys
+import warnings
 from collections.abc import Iterable
 
 import equinox as eqx
@@ -9,6 +12,8 @@ import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
 import numpy as np
+
+from ._tree import array_leaves
 
 
 class DriftlabError(Exception):
@@ -38,16 +43,42 @@ class RoundoffWarning(UserWarning):
     """Some points of a measurement sit at the round-off floor or solver tolerance."""
 
 
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+#: Frames of these libraries sit between a user's call and driftlab (equinox wraps
+#: methods, JAX calls back into traced functions); a warning skips them too.
+_LIBRARY_MARKERS = (f"{os.sep}equinox{os.sep}", f"{os.sep}jax{os.sep}", f"{os.sep}diffrax{os.sep}")
+
+
+def warn_at_caller(message: str, category: type[Warning]) -> None:
+    """Warn at the first frame outside driftlab (and the libraries it calls through).
+
+    A fixed `stacklevel` would point inside driftlab whenever one public
+    function reaches the check through another.
+    """
+    frame, level = sys._getframe(1), 1
+    while frame is not None:
+        name = os.path.abspath(frame.f_code.co_filename)
+        if not name.startswith(_PACKAGE_DIR) and not any(m in name for m in _LIBRARY_MARKERS):
+            break
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level + 1)
+
+
 def check_float64_tree(tree, name: str, *, allow_integer: bool = False) -> None:
-    """Raise `InputError` unless every leaf of `tree` is a finite float64 array.
+    """Raise `InputError` unless every array leaf of `tree` is a finite float64 array.
 
     With `allow_integer`, integer leaves (step counts in optimiser state) pass
-    too. Only checks concrete values; under `jit` the dtype check still runs,
-    the finiteness check is skipped (values are unknown at trace time).
+    too. Leaves that are not arrays (a model's activation function, Python
+    flags) are static: carried, never checked or moved. Only checks concrete
+    values; under `jit` the dtype check still runs, the finiteness check is
+    skipped (values are unknown at trace time).
     """
-    leaves = jtu.tree_leaves(tree)
+    leaves = array_leaves(tree)
     if not leaves:
-        raise InputError(f"`{name}` has no array leaves; pass a PyTree of float64 arrays.")
+        raise InputError(
+            f"`{name}` has no array leaves; pass a PyTree of float64 arrays (or a model "
+            "whose parameters are float64 arrays)."
+        )
     for leaf in leaves:
         dtype = jnp.result_type(leaf)
         if allow_integer and jnp.issubdtype(dtype, jnp.integer):
@@ -82,7 +113,7 @@ def check_same_structure(tree, reference, name: str, reference_name: str) -> Non
             f"`{name}` has PyTree structure {structure}, but `{reference_name}` has "
             f"{expected}; they must match."
         )
-    for leaf, ref in zip(jtu.tree_leaves(tree), jtu.tree_leaves(reference)):
+    for leaf, ref in zip(array_leaves(tree), array_leaves(reference)):
         if jnp.shape(leaf) != jnp.shape(ref):
             raise InputError(
                 f"`{name}` has a leaf of shape {jnp.shape(leaf)} where `{reference_name}` "

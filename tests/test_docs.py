@@ -1,5 +1,9 @@
 """Every ```python block of the docs runs, page by page in one namespace, so docs never drift;
-where the text around a block states a result, the test checks that result."""
+where the text around a block states a result, the test checks that result.
+
+Blocks fenced as ```py are shown but not run: code that needs an optional package
+(Flax NNX on "Your own model"), which its own test runs where the package is installed.
+"""
 
 import pathlib
 import re

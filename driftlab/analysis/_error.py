@@ -10,9 +10,10 @@ from .._errors import (
     check_same_structure,
     check_step_size,
     InputError,
+    MeasurementError,
     StabilityWarning,
 )
-from .._tree import tree_norm, tree_sub
+from .._tree import array_leaves, split, tree_norm, tree_sub
 from ..flows import AbstractFlow
 from ..integrators import AbstractStepMap, advance, iterate, solve
 from ..integrators._iterate import check_state
@@ -79,9 +80,19 @@ def starting_state(step, flow, y0, args, on_slow_manifold: bool):
     return y0
 
 
+def region_problem(step, flow, y0, args) -> str | None:
+    """Why `flow` does not describe `step` at the parameters of `y0` (`flow.outside_region`)."""
+    if isinstance(flow, AbstractFlow):
+        return flow.outside_region(step.parameters(y0), args)
+    return None
+
+
 def _compare(
     step, flow, y0, h, num_steps, args, rtol, atol, on_slow_manifold=True
 ) -> ErrorMeasurement:
+    problem = region_problem(step, flow, y0, args)
+    if problem is not None:
+        raise MeasurementError(f"{type(flow).__name__}: {problem}.")
     y0 = starting_state(step, flow, y0, args, on_slow_manifold)
     params0 = step.parameters(y0)
     y_map = step.parameters(advance(step, y0, h, num_steps, args))
@@ -93,7 +104,7 @@ def _compare(
         difference = jtu.tree_map(jnp.real, difference)
     error = float(tree_norm(difference))
     scale = float(tree_norm(params0))
-    size = sum(np.size(leaf) for leaf in jtu.tree_leaves(params0))
+    size = sum(np.size(leaf) for leaf in array_leaves(params0))
     return ErrorMeasurement(
         h=h,
         num_steps=num_steps,
@@ -139,7 +150,9 @@ def local_error(
     the measured error is the flow's and not the transient of a badly
     initialised buffer.
 
-    **Raises:** `InputError` for bad input, `MeasurementError` if the solve fails.
+    **Raises:** `InputError` for bad input; `MeasurementError` if the solve
+    fails, or if the flow's slow manifold does not exist at this `h`
+    (`flow.outside_region`: momentum and adaptive flows beyond their region).
     """
     h = _checked_inputs(step, flow, y0, h)
     return _compare(step, flow, y0, h, 1, args, rtol, atol, on_slow_manifold)
@@ -180,6 +193,8 @@ def global_error(
     An order-`p` flow gives $O(h^{p+1})$. The flow time compared is exactly
     `num_steps * duration(h)` (recorded in the result as `t`). `on_slow_manifold`
     as in `local_error`.
+
+    **Raises:** as `local_error`.
     """
     h = _checked_inputs(step, flow, y0, h)
     num_steps = _num_steps(step, h, args, t_end)
@@ -216,10 +231,10 @@ def drift(
     r"""The error $\|\text{params}(y_k) - \varphi_{t_k}(\text{params}(y_0))\|$ for $k = 0..n$."""
     h = _checked_inputs(step, flow, y0, h)
     y0 = starting_state(step, flow, y0, args, on_slow_manifold)
-    ys = step.parameters(iterate(step, y0, h, n, args))
+    ys = split(step.parameters(iterate(step, y0, h, n, args)))[0]
     times = np.arange(n + 1) * float(step.duration(h, args))
     params0 = step.parameters(y0)
-    flow_ys = solve(flow, params0, times[-1], ts=times, args=args, rtol=rtol, atol=atol)
+    flow_ys = split(solve(flow, params0, times[-1], ts=times, args=args, rtol=rtol, atol=atol))[0]
     per_time = lambda tree: np.array(
         [float(tree_norm(jtu.tree_map(lambda leaf: jnp.real(leaf[k]), tree))) for k in range(n + 1)]
     )

@@ -8,10 +8,17 @@ import numpy as np
 import scipy.stats
 
 from .._custom_types import Args, Y
-from .._errors import check_step_size, InputError, MeasurementError, RoundoffWarning
+from .._errors import (
+    check_step_size,
+    InputError,
+    MeasurementError,
+    RoundoffWarning,
+    StabilityWarning,
+    warn_at_caller,
+)
 from ..integrators import AbstractStepMap
 from ..integrators._solve import DEFAULT_ATOL, DEFAULT_RTOL
-from ._error import _checked_inputs, _compare, _num_steps, warn_if_unstable
+from ._error import _checked_inputs, _compare, _num_steps, region_problem, warn_if_unstable
 
 
 #: The fewest usable points a slope may be fitted to.
@@ -28,7 +35,12 @@ class OrderEstimate(eqx.Module):
     - `kind`: `"local"` (one step) or `"global"` (fixed time `t_end`).
     - `hs`, `errors`, `floors`: the sweep, with each point's resolution floor.
     - `used`: which points entered the fit; the others sit within a factor 10
-      of the round-off / solver floor (or are non-finite) and are listed in `excluded`.
+      of the round-off / solver floor (or are non-finite), or lie outside the
+      region where the flow describes the map (`notes`), and are listed in
+      `excluded`.
+    - `notes`: per point, why it was not measured (empty when it was): the
+      flow's `outside_region` (a momentum or adaptive map without a slow
+      manifold at that `h`); its error is NaN.
     - `slope`, `slope_stderr`, `intercept`: the least-squares fit of
       $\log_2 \text{error}$ against $\log_2 h$ on the used points.
     - `expected`: the slope the flow's order predicts (`order + 2` local,
@@ -51,13 +63,19 @@ class OrderEstimate(eqx.Module):
     expected: float
     stability_index: float
     t_end: float | None = None
+    notes: tuple[str, ...] = ()
+
+    def _notes(self) -> tuple[str, ...]:
+        return self.notes or ("",) * len(self.hs)
 
     @property
     def excluded(self) -> list[str]:
         """A line per point left out of the fit, saying why."""
         return [
-            f"h={h:.4g}: error {e:.3g} within 10x of the floor {f:.3g}"
-            for h, e, f, u in zip(self.hs, self.errors, self.floors, self.used)
+            f"h={h:.4g}: {note}"
+            if note
+            else f"h={h:.4g}: error {e:.3g} within 10x of the floor {f:.3g}"
+            for h, e, f, u, note in zip(self.hs, self.errors, self.floors, self.used, self._notes())
             if not u
         ]
 
@@ -92,8 +110,9 @@ class OrderEstimate(eqx.Module):
             + (f" over t = {self.t_end:g}" if self.t_end is not None else ""),
             f"{'h':>12} {'error':>12} {'floor':>12}  used",
         ]
-        for h, e, f, u in zip(self.hs, self.errors, self.floors, self.used):
-            lines.append(f"{h:12.4e} {e:12.4e} {f:12.4e}  {'yes' if u else 'no (floor)'}")
+        for h, e, f, u, note in zip(self.hs, self.errors, self.floors, self.used, self._notes()):
+            why = "no (outside region)" if note else "no (floor)"
+            lines.append(f"{h:12.4e} {e:12.4e} {f:12.4e}  {'yes' if u else why}")
         lines.append(
             f"slope {self.slope:.3f} +- {self.slope_stderr:.3f} (expected {self.expected:g}); "
             f"max |1 - mu| at largest h: {self.stability_index:.3g}"
@@ -163,12 +182,16 @@ def order_of_accuracy(
       (momentum and adaptive maps), as `local_error` does.
     - `check_stability`: measure the stability index at the largest `h` and
       warn (`StabilityWarning`) at 2 or beyond.
+
+    Points where `make_flow(h).outside_region(params(y0), args)` gives a reason
+    (no slow manifold at that `h`) are not measured: they are excluded with
+    that reason (`OrderEstimate.notes`) and a `StabilityWarning`.
     - `progress`: called as `progress(i, len(hs), h)` after each point.
 
     **Returns:** an `OrderEstimate`.
 
     **Raises:** `InputError` for a bad grid or kind; `MeasurementError` when
-    fewer than 3 points remain above the floor.
+    fewer than 3 points remain above the floor and inside the region.
     """
     if kind not in ("local", "global"):
         raise InputError(f"`kind` must be 'local' or 'global', got {kind!r}.")
@@ -183,29 +206,50 @@ def order_of_accuracy(
             raise InputError("`expected` is required when the flow has no `order` attribute.")
         expected = order + (2 if kind == "local" else 1)
     index = warn_if_unstable(step, y0, float(grid[-1]), args) if check_stability else math.nan
-    measurements = []
+    errors, floors, notes = [], [], []
     for i, h in enumerate(grid):
         h = float(h)
         flow = first_flow if i == 0 else make_flow(h)
         num_steps = 1 if kind == "local" else _num_steps(step, h, args, t_end)
-        measurements.append(
-            _compare(step, flow, y0, h, num_steps, args, rtol, atol, on_slow_manifold)
-        )
+        problem = region_problem(step, flow, y0, args)
+        if problem is None:
+            m = _compare(step, flow, y0, h, num_steps, args, rtol, atol, on_slow_manifold)
+            errors.append(m.error)
+            floors.append(m.floor)
+        else:
+            errors.append(math.nan)
+            floors.append(math.nan)
+        notes.append(problem or "")
         if progress is not None:
             progress(i + 1, grid.size, h)
-    errors = np.array([m.error for m in measurements])
-    floors = np.array([m.floor for m in measurements])
+    errors, floors = np.array(errors), np.array(floors)
+    outside = np.array([bool(note) for note in notes])
     used = np.isfinite(errors) & (errors >= 10 * floors)
+    if outside.any():
+        first = int(np.flatnonzero(outside)[0])
+        summary = (
+            f"{int(outside.sum())} of {grid.size} points lie outside the region where "
+            f"{type(first_flow).__name__} describes {type(step).__name__}"
+        )
+        detail = f"the first, h={grid[first]:.4g}: {notes[first]}."
+        if used.sum() < MIN_POINTS:
+            raise MeasurementError(
+                f"{summary}, too few are left to fit an order of accuracy; {detail}"
+            )
+        warn_at_caller(
+            f"{summary} and were left out (see `OrderEstimate.excluded`); {detail}",
+            StabilityWarning,
+        )
     if used.sum() < MIN_POINTS:
         raise MeasurementError(
             f"only {int(used.sum())} of {grid.size} points lie above the round-off / solver "
             f"floor (errors {errors.tolist()}, floors {floors.tolist()}); use larger step "
             "sizes or tighter `rtol`/`atol`."
         )
-    if not used.all():
+    if not (used | outside).all():
         warnings.warn(
-            f"{int((~used).sum())} of {grid.size} points sit at the round-off / solver floor "
-            "and were left out of the fit (see `OrderEstimate.excluded`).",
+            f"{int((~used & ~outside).sum())} of {grid.size} points sit at the round-off / "
+            "solver floor and were left out of the fit (see `OrderEstimate.excluded`).",
             RoundoffWarning,
             stacklevel=2,
         )
@@ -224,4 +268,5 @@ def order_of_accuracy(
         expected=float(expected),
         stability_index=index,
         t_end=None if t_end is None or kind == "local" else float(t_end),
+        notes=tuple(notes),
     )

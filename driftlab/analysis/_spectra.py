@@ -4,10 +4,10 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.linalg
 import scipy.sparse.linalg
-from jax.flatten_util import ravel_pytree
 
 from .._custom_types import Args, RealScalarLike, Y
 from .._errors import check_float64_tree, InputError
+from .._tree import grad, ravel
 
 
 #: Below this many unknowns, spectra are computed densely (exact and cheap).
@@ -23,14 +23,12 @@ class HessianSpectrum(eqx.Module):
 
 
 def _ravelled_hvp(loss, params, args):
-    flat, unravel = ravel_pytree(params)
-    grad_flat = lambda x: ravel_pytree(jax.grad(loss)(unravel(x), args))[0]
+    flat, unravel = ravel(params)
+    grad_flat = lambda x: ravel(grad(loss, unravel(x), args))[0]
     # The point and the data are arguments, not constants: XLA would spend seconds
     # folding a large model's constants into the compiled product.
     product = eqx.filter_jit(
-        lambda x, v, data: jax.jvp(
-            lambda z: ravel_pytree(jax.grad(loss)(unravel(z), data))[0], (x,), (v,)
-        )[1]
+        lambda x, v, data: jax.jvp(lambda z: ravel(grad(loss, unravel(z), data))[0], (x,), (v,))[1]
     )
     hvp = lambda v: product(flat, v, args)
     return flat, grad_flat, hvp
@@ -95,16 +93,14 @@ def stability_index(step, y: Y, h: RealScalarLike, args: Args = None) -> float:
     $h\lambda = 2(1+\beta)$, its own edge. Matrix-free (ARPACK on
     Jacobian-vector products) above `DENSE_LIMIT` unknowns.
     """
-    flat, unravel = ravel_pytree(y)
-    displacement = lambda x: ravel_pytree(step(unravel(x), h, args))[0] - x
+    flat, unravel = ravel(y)
+    displacement = lambda x: ravel(step(unravel(x), h, args))[0] - x
     n = flat.size
     if n <= DENSE_LIMIT:
         jacobian = np.asarray(jax.jacfwd(displacement)(flat))
         return float(np.max(np.abs(np.linalg.eigvals(jacobian))))
     product = eqx.filter_jit(
-        lambda x, v, data: jax.jvp(
-            lambda z: ravel_pytree(step(unravel(z), h, data))[0] - z, (x,), (v,)
-        )[1]
+        lambda x, v, data: jax.jvp(lambda z: ravel(step(unravel(z), h, data))[0] - z, (x,), (v,))[1]
     )
     jvp = lambda v: product(flat, v, args)
     operator = scipy.sparse.linalg.LinearOperator(

@@ -11,7 +11,9 @@ from jaxtyping import Array, Float
 
 from .._custom_types import Args, RealScalarLike, Scalar, Y
 from .._errors import InputError
-from ..integrators._maps import _preconditioned, AdamState, RMSPropState
+from .._tree import gradient_function
+from ..integrators._maps import _preconditioned, Adam, AdamState, RMSProp, RMSPropState
+from ..integrators._validity import is_concrete, region_problem, warn_outside_region
 from ._base import AbstractFlow
 
 
@@ -27,11 +29,11 @@ def _saturation(grad, eps, eps_inside_sqrt: bool):
 
 def _adaptive_field(loss, y, args, h, c1, c2, eps, eps_inside_sqrt):
     """`(F, grad, H F0)` for the adaptive flow with memory constants `c1`, `c2`."""
-    grad_fn = lambda p: jax.grad(loss)(p, args)
-    grad = grad_fn(y)
+    arrays, grad_fn = gradient_function(loss, y, args)
+    grad = grad_fn(arrays)
     denominator = jtu.tree_map(lambda g: _preconditioned(g**2, eps, eps_inside_sqrt), grad)
     f0 = jtu.tree_map(lambda g, p: -g / p, grad, denominator)
-    h_f0 = jax.jvp(grad_fn, (y,), (f0,))[1]
+    h_f0 = jax.jvp(grad_fn, (arrays,), (f0,))[1]
     field = jtu.tree_map(
         lambda a, g, p, hf: (
             a + h * hf / p * ((c1 + 0.5) - (c2 + 0.5) * _saturation(g, eps, eps_inside_sqrt))
@@ -100,10 +102,18 @@ class RMSPropFlow(AbstractFlow):
 
     def __call__(self, t: RealScalarLike, y: Y, args: Args) -> Y:
         del t
+        warn_outside_region(self.outside_region(y, args))
         c2 = self.rho / (1 - self.rho)
         return _adaptive_field(self.loss, y, args, self.h, 0.0, c2, self.eps, self.eps_inside_sqrt)[
             0
         ]
+
+    def outside_region(self, params: Y, args: Args) -> str | None:
+        """Measured on `driftlab.RMSProp`'s linearisation at `slow_state(params)`."""
+        if not is_concrete(params, self.h):
+            return None
+        step = RMSProp(self.loss, self.rho, self.eps, self.eps_inside_sqrt)
+        return region_problem(step, self.slow_state(params, args), self.h, args)
 
     def slow_state(self, params: Y, args: Args) -> RMSPropState:
         r"""An `RMSProp` state on the slow manifold to $O(h^2)$:
@@ -169,10 +179,18 @@ class AdamFlow(AbstractFlow):
 
     def __call__(self, t: RealScalarLike, y: Y, args: Args) -> Y:
         del t
+        warn_outside_region(self.outside_region(y, args))
         c1, c2 = self.b1 / (1 - self.b1), self.b2 / (1 - self.b2)
         return _adaptive_field(self.loss, y, args, self.h, c1, c2, self.eps, self.eps_inside_sqrt)[
             0
         ]
+
+    def outside_region(self, params: Y, args: Args) -> str | None:
+        """Measured on `driftlab.Adam(bias_correction=False)`'s linearisation at `slow_state`."""
+        if not is_concrete(params, self.h):
+            return None
+        step = Adam(self.loss, self.b1, self.b2, self.eps, self.eps_inside_sqrt, False)
+        return region_problem(step, self.slow_state(params, args), self.h, args)
 
     def slow_state(self, params: Y, args: Args) -> AdamState:
         r"""An `Adam(bias_correction=False)` state on the slow manifold to $O(h^2)$:

@@ -10,6 +10,7 @@ from jaxtyping import Array, Float
 
 from .._custom_types import Args, RealScalarLike, Scalar, Y
 from .._errors import InputError
+from .._symmetry import GRADIENT_TOLERANCE, measure_gradient_structure
 from .._tree import tree_vdot
 
 
@@ -45,6 +46,20 @@ class AbstractFlow(eqx.Module):
         return the full map state there, and the measurements in
         `driftlab.analysis` start the map from it. `None` (the default) means the
         flow has no auxiliary state to place: the given state is used as it is.
+        """
+        del params, args
+        return None
+
+    def outside_region(self, params: Y, args: Args) -> str | None:
+        r"""Why this flow does not describe its map at `params` and its `h`, or `None`.
+
+        Flows of maps with auxiliary state (momentum, Adam, RMSProp) live on a
+        slow manifold that exists only for small enough $h$ (for heavy-ball on a
+        quadratic, $h\lambda < (1 - \sqrt\beta)^2$). They measure it on the map's
+        linearisation at `params` (on the slow manifold) and return the reason
+        when it does not exist; their fields then warn (`StabilityWarning`), and
+        `driftlab.local_error`, `global_error` and `order_of_accuracy` refuse the
+        point. `None` (the default): no such limit is known, or under `jit`.
         """
         del params, args
         return None
@@ -103,9 +118,15 @@ def require_gradient_field(flow: AbstractFlow, y: Y, args: Args, advice: str) ->
     """
     if any(isinstance(leaf, jax.core.Tracer) for leaf in jtu.tree_leaves(y)):
         return
-    from ..analysis._gradient_structure import is_gradient_field
-
-    structure = is_gradient_field(flow, y, args, num_probes=2)
+    structure = measure_gradient_structure(
+        flow,
+        y,
+        args,
+        per_coefficient=isinstance(flow, AbstractSeriesFlow),
+        num_probes=2,
+        key=None,
+        tolerance=GRADIENT_TOLERANCE,
+    )
     if not structure.is_gradient:
         raise InputError(
             f"`y`: {type(flow).__name__} is not a gradient field there (relative asymmetry "

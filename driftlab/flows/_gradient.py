@@ -8,7 +8,7 @@ import jax.tree_util as jtu
 from jaxtyping import Array, Float
 
 from .._custom_types import Args, RealScalarLike, Scalar, Y
-from .._tree import tree_vdot
+from .._tree import grad, gradient_function, tree_vdot
 from ._base import AbstractFlow
 
 
@@ -20,9 +20,9 @@ def hessian_gradient_product(loss: Loss, y: Y, args: Args) -> tuple[Y, Y]:
 
     Matrix-free: no Hessian is formed.
     """
-    grad_fn = lambda params: jax.grad(loss)(params, args)
-    grad = grad_fn(y)
-    return grad, jax.jvp(grad_fn, (y,), (grad,))[1]
+    arrays, grad_fn = gradient_function(loss, y, args)
+    grad = grad_fn(arrays)
+    return grad, jax.jvp(grad_fn, (arrays,), (grad,))[1]
 
 
 class GradientFlow(AbstractFlow):
@@ -38,7 +38,7 @@ class GradientFlow(AbstractFlow):
 
     def __call__(self, t: RealScalarLike, y: Y, args: Args) -> Y:
         del t
-        return jtu.tree_map(jnp.negative, jax.grad(self.loss)(y, args))
+        return jtu.tree_map(jnp.negative, grad(self.loss, y, args))
 
     def modified_loss(self, y: Y, args: Args) -> Scalar:
         return self.loss(y, args)
@@ -75,5 +75,5 @@ class IGRFlow(AbstractFlow):
         return jtu.tree_map(lambda g, hg: -g - 0.5 * self.h * hg, grad, hessian_grad)
 
     def modified_loss(self, y: Y, args: Args) -> Scalar:
-        grad = jax.grad(self.loss)(y, args)
-        return self.loss(y, args) + 0.25 * self.h * tree_vdot(grad, grad)
+        g = grad(self.loss, y, args)
+        return self.loss(y, args) + 0.25 * self.h * tree_vdot(g, g)

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 
 from .._custom_types import Args, RealScalarLike, Scalar, Y
 from .._errors import check_step_size, InputError
-from .._tree import tree_vdot
+from .._tree import grad, tree_vdot
 from ..integrators._maps import num_batches
 from ._gradient import IGRFlow
 
@@ -31,7 +31,7 @@ def checked_batches(batches: Args) -> int:
 
 def batch_gradients(loss: Loss, params: Y, batches: Args) -> Y:
     """The gradients of every batch's loss, stacked along a new leading axis."""
-    return jax.vmap(jax.grad(loss), in_axes=(None, 0))(params, batches)
+    return jax.vmap(lambda batch: grad(loss, params, batch))(batches)
 
 
 def igr_loss(loss: Loss, h: RealScalarLike) -> Loss:

@@ -1,18 +1,21 @@
 r"""Automatic backward error analysis: the modified flow of any one-step map, to any order."""
 
-import warnings
-
 import equinox as eqx
-import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
-import numpy as np
-from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, Float
 
 from .._custom_types import Args, Scalar, Y
-from .._errors import InputError, StabilityWarning
-from ..integrators import AbstractEulerStepMap, AbstractStepMap, HeavyBall, Nesterov
+from .._errors import InputError
+from .._tree import ravel, split
+from ..integrators import AbstractEulerStepMap, AbstractStepMap
+from ..integrators._iterate import check_parameters
+from ..integrators._validity import (
+    has_auxiliary_state,
+    is_concrete,
+    region_problem,
+    warn_outside_region,
+)
 from ._base import AbstractSeriesFlow, require_gradient_field, segment_potential
 from ._taylor import (
     checked,
@@ -23,22 +26,6 @@ from ._taylor import (
     state_layout,
     weighted_iterates,
 )
-
-
-def _existence_bound(step: AbstractStepMap) -> float | None:
-    r"""The largest $h\lambda$ with a real slow root on a quadratic, for momentum maps.
-
-    Heavy-ball: the roots of $r^2 - (1+\beta-h\lambda) r + \beta$ are real while
-    $h\lambda < (1-\sqrt\beta)^2$. Nesterov (optax form): those of
-    $r^2 - (1+\beta)(1-h\lambda) r + \beta(1-h\lambda)$, while
-    $h\lambda < ((1-\beta)/(1+\beta))^2$.
-    """
-    if isinstance(step, HeavyBall):
-        return float((1 - np.sqrt(float(step.beta))) ** 2)
-    if isinstance(step, Nesterov):
-        beta = float(step.beta)
-        return ((1 - beta) / (1 + beta)) ** 2
-    return None
 
 
 class ModifiedFlow(AbstractSeriesFlow):
@@ -92,7 +79,10 @@ class ModifiedFlow(AbstractSeriesFlow):
     The slow manifold exists only for small enough $h$: on a quadratic with
     curvature $\lambda$, heavy-ball needs $h\lambda < (1 - \sqrt\beta)^2$ and
     Nesterov $h\lambda < ((1-\beta)/(1+\beta))^2$; beyond, the series is
-    formal and the map has no real slow flow (`slow_state` warns).
+    formal and the map has no real slow flow. `outside_region` measures this for
+    any map on its linearisation (slow and fast eigenvalues must stay apart);
+    the field and `slow_state` warn (`StabilityWarning`) outside the region, and
+    the measurements of `driftlab.analysis` refuse such points.
 
     **Arguments:**
 
@@ -148,17 +138,21 @@ class ModifiedFlow(AbstractSeriesFlow):
     def coefficients(self, y: Y, args: Args) -> list[Y]:
         r"""$[f_0(y), \dots, f_p(y)]$, each with the PyTree structure of the parameters `y`.
 
-        **Raises:** `InputError` if the map is not the identity in the
+        **Raises:** `InputError` if `y` is an optimiser state instead of the
+        parameters, if the map is not the identity in the
         parameters at $h = 0$, or (auxiliary state) if $I - D$ is singular or
         $D$ not diagonal; under `jit` these become runtime errors. Before any
         number, `step_map.check_expansion` raises for updates with no series in
         $h$ (non-smooth, non-decaying or time-dependent optax transformations),
         and the map's step counters are checked to enter only bias corrections.
         """
+        check_parameters(self.step_map, y, args)
         self.step_map.check_expansion(y, self.h, args)
+        warn_outside_region(self.outside_region(y, args))
         fields, flags = _expand(self, y, args, "coefficients")
-        unravel_params = ravel_pytree(y)[1]
-        return [unravel_params(f) for f in checked(fields, flags)]
+        # Fields have the parameters' structure with `None` at a model's static leaves.
+        unravel_arrays = ravel(split(y)[0])[1]
+        return [unravel_arrays(f) for f in checked(fields, flags)]
 
     def slow_state(self, params: Y, args: Args) -> Y:
         r"""The map's full state over `params` on the slow manifold, to $O(h^{p+1})$.
@@ -166,31 +160,37 @@ class ModifiedFlow(AbstractSeriesFlow):
         $a(\theta) = a_0 + h a_1 + \dots + h^p a_p$ with `h = self.h`; for maps
         without auxiliary state this is `step_map.init(params, args)`.
 
-        **Warns:** `StabilityWarning` for heavy-ball and Nesterov when
-        $h\lambda_{max}$ is beyond the region where a real slow manifold exists
-        (checked only outside `jit`).
+        **Warns:** `StabilityWarning` where the map has no slow manifold at this
+        `h` (see `outside_region`; checked only outside `jit`).
 
         **Raises:** `InputError` as `coefficients` does.
         """
+        check_parameters(self.step_map, params, args, "params")
         self.step_map.check_expansion(params, self.h, args)
+        state = self._slow_state(params, args)
+        warn_outside_region(region_problem(self.step_map, state, self.h, args))
+        return state
+
+    def _slow_state(self, params: Y, args: Args) -> Y:
         state, flags = _expand(self, params, args, "slow_state")
         state = checked(state, flags[:3])
-        bound = _existence_bound(self.step_map)
-        if bound is not None and not isinstance(self.h, jax.core.Tracer):
-            from ..analysis._spectra import lambda_max
-
-            curvature = lambda_max(self.step_map.loss, params, args)
-            if float(self.h) * curvature >= bound:
-                warnings.warn(
-                    f"h * lambda_max = {float(self.h) * curvature:.3g} >= {bound:.3g}: "
-                    f"{type(self.step_map).__name__} has no real slow manifold there (its "
-                    "two roots are complex on the top curvature direction); the series "
-                    "is formal and the iterates do not follow a first-order flow.",
-                    StabilityWarning,
-                    stacklevel=2,
-                )
         layout = state_layout(self.step_map, self.step_map.init(params, args), params, args)
         return layout.unravel(state)
+
+    def outside_region(self, params: Y, args: Args) -> str | None:
+        r"""Whether the map's slow manifold exists at `params` and `h`, measured.
+
+        The eigenvalues of the map's Jacobian at its fixed point over `params`
+        (the slow state at order 0): the slow manifold exists while the
+        $n_\theta$ slow ones stay larger in modulus than the fast ones of the
+        auxiliary state (`None` then, and for maps without auxiliary state).
+        """
+        if not is_concrete(params, self.h):
+            return None
+        if not has_auxiliary_state(self.step_map, self.step_map.init(params, args)):
+            return None
+        state = ModifiedFlow(self.step_map, self.h, 0)._slow_state(params, args)
+        return region_problem(self.step_map, state, self.h, args)
 
     def modified_loss(self, y: Y, args: Args, *, reference: Y | None = None) -> Scalar:
         r"""The modified loss $\tilde L_h$ with $f_h = -\nabla\tilde L_h$ and $\tilde L_h(r) = 0$.
@@ -227,7 +227,7 @@ def _expand(flow: ModifiedFlow, params: Y, args: Args, what: str):
     step = flow.step_map
     template = step.init(params, args)
     layout = state_layout(step, template, params, args)
-    u0 = layout.ravel(template).at[layout.theta_index].set(ravel_pytree(params)[0])
+    u0 = layout.ravel(template).at[layout.theta_index].set(ravel(params)[0])
 
     def map_flat(u, h):
         return layout.ravel(step(layout.unravel(u), h, args))
@@ -241,7 +241,7 @@ def _expand(flow: ModifiedFlow, params: Y, args: Args, what: str):
     weights = log_weights(order)[1:]
     if isinstance(step, AbstractEulerStepMap):
         # y + h G(y) is the identity at h = 0 by construction and has no auxiliary state.
-        field_flat = lambda u: ravel_pytree(step.euler_field(layout.unravel(u), args))[0]
+        field_flat = lambda u: ravel(step.euler_field(layout.unravel(u), args))[0]
         sums = euler_weighted_iterates(field_flat, u0, order, weights)
         moved = jnp.asarray(False)
     else:

@@ -4,7 +4,6 @@ from collections.abc import Callable
 from typing import ClassVar
 
 import equinox as eqx
-import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
 import numpy as np
@@ -12,8 +11,9 @@ from jaxtyping import Array, Float
 
 from .._custom_types import Args, RealScalarLike, Scalar, Y
 from .._errors import InputError
-from .._tree import tree_vdot
-from ..integrators._maps import MomentumState
+from .._tree import grad, tree_vdot
+from ..integrators._maps import HeavyBall, MomentumState
+from ..integrators._validity import is_concrete, region_problem, warn_outside_region
 from ._base import AbstractFlow
 from ._gradient import hessian_gradient_product
 
@@ -93,13 +93,21 @@ class HeavyBallFlow(AbstractFlow):
 
     def __call__(self, t: RealScalarLike, y: Y, args: Args) -> Y:
         del t
+        warn_outside_region(self.outside_region(y, args))
         grad, hessian_grad = hessian_gradient_product(self.loss, y, args)
         scale = self.h * (1 + self.beta) / (2 * (1 - self.beta) ** 2)
         return jtu.tree_map(lambda g, hg: -(g + scale * hg) / (1 - self.beta), grad, hessian_grad)
 
+    def outside_region(self, params: Y, args: Args) -> str | None:
+        """Measured on `driftlab.HeavyBall`'s linearisation at `slow_state(params)`."""
+        if not is_concrete(params, self.h):
+            return None
+        step = HeavyBall(self.loss, self.beta)
+        return region_problem(step, self.slow_state(params, args), self.h, args)
+
     def modified_loss(self, y: Y, args: Args) -> Scalar:
-        grad = jax.grad(self.loss)(y, args)
-        penalty = self.h * (1 + self.beta) / (4 * (1 - self.beta) ** 2) * tree_vdot(grad, grad)
+        g = grad(self.loss, y, args)
+        penalty = self.h * (1 + self.beta) / (4 * (1 - self.beta) ** 2) * tree_vdot(g, g)
         return (self.loss(y, args) + penalty) / (1 - self.beta)
 
     def slow_state(self, params: Y, args: Args) -> MomentumState:

@@ -10,6 +10,7 @@ import jax.tree_util as jtu
 from jaxtyping import Array, Float
 
 from .._custom_types import Args, RealScalarLike, Scalar, Y
+from .._tree import gradient_function
 from ._base import AbstractFlow
 from ._losses import batch_gradients, checked_batches, epoch_loss, sgd_regulariser
 
@@ -21,8 +22,8 @@ def _batch_hvps(loss: Loss, params: Y, batches: Args, directions: Y) -> Y:
     """$H_k v_k$ for every batch `k`, with `directions` stacked like the batches."""
 
     def hvp(batch, direction):
-        grad_fn = lambda p: jax.grad(loss)(p, batch)
-        return jax.jvp(grad_fn, (params,), (direction,))[1]
+        arrays, grad_fn = gradient_function(loss, params, batch)
+        return jax.jvp(grad_fn, (arrays,), (direction,))[1]
 
     return jax.vmap(hvp)(batches, directions)
 

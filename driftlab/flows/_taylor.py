@@ -16,12 +16,12 @@ import jax.tree_util as jtu
 import numpy as np
 from jax.experimental import jet
 from jax.extend import core as jex_core
-from jax.flatten_util import ravel_pytree
 
 from .._custom_types import Y
 from .._errors import InputError
+from .._tree import array_leaves, ravel, split
 from ..integrators import AbstractStepMap
-from ..integrators._jaxpr import CLEAN, counter_rule, RAW, walk
+from ..integrators._jaxpr import counter_mask
 
 
 #: Newton iterations for the auxiliary state's fixed point at `h = 0`.
@@ -149,91 +149,42 @@ class Layout(NamedTuple):
     ravel: Callable
 
 
-def _is_counter_update(jaxpr, index: int) -> bool:
-    """Whether output `index` of `jaxpr` is input `index` plus one (a float step counter)."""
-    out = jaxpr.outvars[index]
-    for eqn in jaxpr.eqns:
-        if out in eqn.outvars:
-            if eqn.primitive.name != "add":
-                return False
-            one = [a for a in eqn.invars if isinstance(a, jex_core.Literal)]
-            return jaxpr.invars[index] in eqn.invars and len(one) == 1 and one[0].val == 1
-    return False
-
-
-def _counter_mask(step: AbstractStepMap, template: Y, args) -> list[bool]:
-    r"""Which leaves of the state are step counters; raises if they do more than bias-correct.
-
-    Integer leaves, and float scalars the map updates as `count + 1`, are
-    counters. The map's jaxpr is walked (`counter_rule`): counters may reach the
-    rest of the state only through terms $b^n$, $|b| < 1$, that vanish as
-    $n \to \infty$ (bias corrections). Their effect is then $O(b^{t/h})$ at time
-    $t = n h$, beyond every power of $h$, so the modified series is that of the
-    map with $b^n = 0$: the counters are held at `BURNED_IN_COUNT`.
-    """
-    leaves_with_paths, treedef = jtu.tree_flatten_with_path(template)
-    leaves = [leaf for _, leaf in leaves_with_paths]
-    integer = [jnp.issubdtype(jnp.result_type(leaf), jnp.integer) for leaf in leaves]
-    scalar = [jnp.ndim(leaf) == 0 for leaf in leaves]
-    if not any(integer) and not any(scalar):
-        return [False] * len(leaves)
-
-    def leaves_map(leaves, h):
-        return jtu.tree_leaves(step(jtu.tree_unflatten(treedef, leaves), h, args))
-
-    closed = jax.make_jaxpr(leaves_map)(leaves, jnp.zeros((), jnp.float64))
-    counters = [
-        i or (s and _is_counter_update(closed.jaxpr, k))
-        for k, (i, s) in enumerate(zip(integer, scalar))
-    ]
-    if not any(counters):
-        return counters
-    in_tags = [(RAW, False) if c else (CLEAN, True) for c in counters] + [(CLEAN, True)]
-    first_raw = []
-    out_tags = walk(closed, in_tags, counter_rule(first_raw), (CLEAN, False))[0]
-    if any(kind == RAW for (kind, _), c in zip(out_tags, counters) if not c):
-        names = ", ".join(
-            f"`state{jtu.keystr(path)}`" for (path, _), c in zip(leaves_with_paths, counters) if c
-        )
-        raise InputError(
-            f"`step_map`: time-dependent step. Its update depends on the step counter "
-            f"{names} other than through a bias correction 1/(1 - b**count) "
-            f"(first at {first_raw[0] if first_raw else 'an unknown primitive'}): a "
-            "learning-rate schedule, or another change of the step with time, makes the "
-            "map non-autonomous, and it has no modified flow. Use a constant step, e.g. "
-            "`OptaxStepMap(loss, lambda h: optax.adam(h))`."
-        )
-    return counters
-
-
 def state_layout(step: AbstractStepMap, template: Y, params: Y, args=None) -> Layout:
-    counters = _counter_mask(step, template, args)
-    treedef = jtu.tree_structure(template)
+    """Where `params` sit in the ravelled `template`: step counters (held burned in) and a
+    model's static leaves are not ravelled."""
+    counters = counter_mask(step, template, args)
+    template_arrays, template_static = split(template)
+    treedef = jtu.tree_structure(template_arrays)
     expanded = jtu.tree_unflatten(treedef, [not c for c in counters])
     burned_in = [
         jnp.full(jnp.shape(leaf), BURNED_IN_COUNT, jnp.result_type(leaf)) if c else None
-        for leaf, c in zip(jtu.tree_leaves(template), counters)
+        for leaf, c in zip(jtu.tree_leaves(template_arrays), counters)
     ]
-    flat_template, unravel_expanded = ravel_pytree(eqx.filter(template, expanded))
+    flat_template, unravel_expanded = ravel(eqx.filter(template_arrays, expanded))
 
-    def ravel(state):
-        return ravel_pytree(eqx.filter(state, expanded))[0]
+    def ravel_state(state):
+        return ravel(eqx.filter(split(state)[0], expanded))[0]
 
     def unravel(u):
         kept = jtu.tree_leaves(unravel_expanded(u))[::-1]
-        return jtu.tree_unflatten(treedef, [kept.pop() if c is None else c for c in burned_in])
+        arrays = jtu.tree_unflatten(treedef, [kept.pop() if c is None else c for c in burned_in])
+        return eqx.combine(arrays, template_static)
 
     size = flat_template.size
-    num_params = sum(np.size(leaf) for leaf in jtu.tree_leaves(params))
+    param_arrays, param_static = split(params)
+    num_params = sum(np.size(leaf) for leaf in jtu.tree_leaves(param_arrays))
     # Mark the parameters 1..n, in ravel order (numpy, so that it stays concrete under `jit`).
-    param_leaves, param_def = jtu.tree_flatten(params)
+    param_leaves, param_def = jtu.tree_flatten(param_arrays)
     ends = np.cumsum([np.size(leaf) for leaf in param_leaves])
     marks = np.split(np.arange(1, num_params + 1, dtype=np.float64), ends[:-1])
     marked_params = jtu.tree_unflatten(
         param_def, [m.reshape(np.shape(leaf)) for m, leaf in zip(marks, param_leaves)]
     )
-    zeros = jtu.tree_map(lambda x: np.zeros(np.shape(x)), template)
-    leaves = jtu.tree_leaves(step.with_parameters(zeros, marked_params))
+    zeros = jtu.tree_map(lambda x: np.zeros(np.shape(x)), template_arrays)
+    marked_state = step.with_parameters(
+        eqx.combine(zeros, template_static), eqx.combine(marked_params, param_static)
+    )
+    leaves = array_leaves(marked_state)
     try:
         marks = np.concatenate(
             [np.ravel(np.asarray(leaf)) for leaf, c in zip(leaves, counters) if not c]
@@ -251,7 +202,7 @@ def state_layout(step: AbstractStepMap, template: Y, params: Y, args=None) -> La
         )
     theta_index = positions[np.argsort(marks[positions])]
     aux_index = np.setdiff1d(np.arange(size), theta_index)
-    return Layout(theta_index, aux_index, unravel, ravel)
+    return Layout(theta_index, aux_index, unravel, ravel_state)
 
 
 def _taylor_step(map_flat, u, coefficients, order: int):

@@ -13,12 +13,13 @@ from .._errors import (
     InputError,
     MeasurementError,
 )
+from .._tree import array_leaves, split
 from ._maps import AbstractStepMap
 
 
 def _check_finite(ys: Y, step: AbstractStepMap, h: float) -> Y:
     """Raise `MeasurementError` if the iterates overflowed: never hand back a NaN."""
-    if all(np.all(np.isfinite(np.asarray(leaf))) for leaf in jtu.tree_leaves(ys)):
+    if all(np.all(np.isfinite(np.asarray(leaf))) for leaf in array_leaves(ys)):
         return ys
     raise MeasurementError(
         f"the iterates of {type(step).__name__} with h={h:g} became non-finite (they "
@@ -27,15 +28,53 @@ def _check_finite(ys: Y, step: AbstractStepMap, h: float) -> Y:
     )
 
 
-def check_state(step: AbstractStepMap, y: Y, name: str = "y0") -> None:
+_NOT_A_STATE = (AttributeError, TypeError, KeyError, IndexError, ValueError)
+
+
+def _is_state(step: AbstractStepMap, y: Y, args: Args) -> bool:
+    """Whether `y` is a state of `step` that holds more than the parameters."""
+    try:
+        params = step.parameters(y)
+    except _NOT_A_STATE:
+        return False
+    if params is y:
+        return False
+    try:
+        template = step.init(params, args)
+    except _NOT_A_STATE:
+        return False
+    return jtu.tree_structure(template) == jtu.tree_structure(y)
+
+
+def check_parameters(step: AbstractStepMap, params: Y, args: Args, name: str = "y") -> None:
+    """Raise `InputError` if `params` is an optimiser state of `step` instead of its parameters.
+
+    Structural (no loss is evaluated), so it also runs while tracing.
+    """
+    if _is_state(step, params, args):
+        raise InputError(
+            f"`{name}` is a state of {type(step).__name__} ({type(params).__name__}), but the "
+            "parameters are expected here; pass `step_map.parameters(state)` (for "
+            "driftlab's optimisers, `state.params`)."
+        )
+
+
+def check_state(step: AbstractStepMap, y: Y, name: str = "y0", args: Args = None) -> None:
     """Check a map's state: float64 parameters; optimiser state float64 or integer counts."""
     if not isinstance(step, AbstractStepMap):
         raise InputError(
             f"`step` must be a driftlab.AbstractStepMap, got {type(step).__name__}; "
             "subclass AbstractStepMap and implement `__call__(y, h, args)`."
         )
+    try:
+        params = step.parameters(y)
+    except _NOT_A_STATE as error:
+        raise InputError(
+            f"`{name}` is not a state of {type(step).__name__} ({type(error).__name__}: {error}); "
+            f"if it holds the parameters, pass the state `step.init({name}, args)` instead."
+        ) from None
     check_float64_tree(y, name, allow_integer=True)
-    check_float64_tree(step.parameters(y), f"the parameters of `{name}`")
+    check_float64_tree(params, f"the parameters of `{name}`")
 
 
 def _check_map_output(step: AbstractStepMap, y0: Y, h, args: Args) -> None:
@@ -45,7 +84,7 @@ def _check_map_output(step: AbstractStepMap, y0: Y, h, args: Args) -> None:
     """
     out = abstract_output(step, type(step).__name__, y0, h, args)
     check_same_structure(out, y0, f"the output of {type(step).__name__}", "y0")
-    for new, old in zip(jtu.tree_leaves(out), jtu.tree_leaves(y0)):
+    for new, old in zip(array_leaves(out), array_leaves(y0)):
         if new.dtype != jnp.result_type(old):
             raise InputError(
                 f"{type(step).__name__} turns a {jnp.result_type(old)} leaf of `y0` into "
@@ -96,18 +135,23 @@ def iterate(
 def _iterate(step, y0, h, n, args, args_per_step):
     _check_map_output(step, y0, h, jtu.tree_map(lambda x: x[0], args) if args_per_step else args)
 
-    def body(y, batch):
-        y_next = step(y, h, batch if args_per_step else args)
+    arrays, static = split(y0)
+
+    def body(arrays, batch):
+        y_next = split(step(eqx.combine(arrays, static), h, batch if args_per_step else args))[0]
         return y_next, y_next
 
-    _, ys = jax.lax.scan(body, y0, args if args_per_step else None, length=n)
-    return jtu.tree_map(lambda first, rest: jnp.concatenate([first[None], rest]), y0, ys)
+    _, ys = jax.lax.scan(body, arrays, args if args_per_step else None, length=n)
+    stacked = jtu.tree_map(lambda first, rest: jnp.concatenate([first[None], rest]), arrays, ys)
+    return eqx.combine(stacked, static)
 
 
 @eqx.filter_jit
 def _advance(step, y0, h, n, args):
     _check_map_output(step, y0, h, args)
-    return jax.lax.fori_loop(0, n, lambda _, y: step(y, h, args), y0)
+    arrays, static = split(y0)
+    body = lambda _, a: split(step(eqx.combine(a, static), h, args))[0]
+    return eqx.combine(jax.lax.fori_loop(0, n, body, arrays), static)
 
 
 def advance(step: AbstractStepMap, y0: Y, h: RealScalarLike, n: int, args: Args = None) -> Y:

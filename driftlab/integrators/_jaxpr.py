@@ -11,8 +11,14 @@ a `sign` inside a jitted helper is seen as `sign`.
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import equinox as eqx
 import jax
+import jax.numpy as jnp
+import jax.tree_util as jtu
 from jax.extend import core as jex_core
+
+from .._errors import InputError
+from .._tree import array_leaves, split
 
 
 #: Parameters under which call-like primitives keep the jaxpr they run (inputs map 1:1).
@@ -166,3 +172,62 @@ def counter_rule(first_raw: list):
         return [(kind, data)] * len(eqn.outvars)
 
     return rule
+
+
+def _is_counter_update(jaxpr, index: int) -> bool:
+    """Whether output `index` of `jaxpr` is input `index` plus one (a float step counter)."""
+    out = jaxpr.outvars[index]
+    for eqn in jaxpr.eqns:
+        if out in eqn.outvars:
+            if eqn.primitive.name != "add":
+                return False
+            one = [a for a in eqn.invars if isinstance(a, jex_core.Literal)]
+            return jaxpr.invars[index] in eqn.invars and len(one) == 1 and one[0].val == 1
+    return False
+
+
+def counter_mask(step, template, args) -> list[bool]:
+    r"""Which leaves of the state are step counters; raises if they do more than bias-correct.
+
+    Integer leaves, and float scalars the map updates as `count + 1`, are
+    counters. The map's jaxpr is walked (`counter_rule`): counters may reach the
+    rest of the state only through terms $b^n$, $|b| < 1$, that vanish as
+    $n \to \infty$ (bias corrections). Their effect is then $O(b^{t/h})$ at time
+    $t = n h$, beyond every power of $h$, so the modified series is that of the
+    map with $b^n = 0$: the counters are held at a burned-in count
+    (`driftlab.flows._taylor.BURNED_IN_COUNT`), and linearisations leave them out.
+    """
+    arrays, static = split(template)
+    leaves_with_paths, treedef = jtu.tree_flatten_with_path(arrays)
+    leaves = [leaf for _, leaf in leaves_with_paths]
+    integer = [jnp.issubdtype(jnp.result_type(leaf), jnp.integer) for leaf in leaves]
+    scalar = [jnp.ndim(leaf) == 0 for leaf in leaves]
+    if not any(integer) and not any(scalar):
+        return [False] * len(leaves)
+
+    def leaves_map(leaves, h):
+        return array_leaves(step(eqx.combine(jtu.tree_unflatten(treedef, leaves), static), h, args))
+
+    closed = jax.make_jaxpr(leaves_map)(leaves, jnp.zeros((), jnp.float64))
+    counters = [
+        i or (s and _is_counter_update(closed.jaxpr, k))
+        for k, (i, s) in enumerate(zip(integer, scalar))
+    ]
+    if not any(counters):
+        return counters
+    in_tags = [(RAW, False) if c else (CLEAN, True) for c in counters] + [(CLEAN, True)]
+    first_raw = []
+    out_tags = walk(closed, in_tags, counter_rule(first_raw), (CLEAN, False))[0]
+    if any(kind == RAW for (kind, _), c in zip(out_tags, counters) if not c):
+        names = ", ".join(
+            f"`state{jtu.keystr(path)}`" for (path, _), c in zip(leaves_with_paths, counters) if c
+        )
+        raise InputError(
+            f"`step_map`: time-dependent step. Its update depends on the step counter "
+            f"{names} other than through a bias correction 1/(1 - b**count) "
+            f"(first at {first_raw[0] if first_raw else 'an unknown primitive'}): a "
+            "learning-rate schedule, or another change of the step with time, makes the "
+            "map non-autonomous, and it has no modified flow. Use a constant step, e.g. "
+            "`OptaxStepMap(loss, lambda h: optax.adam(h))`."
+        )
+    return counters

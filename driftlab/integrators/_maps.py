@@ -13,19 +13,20 @@ import optax
 from jaxtyping import Array, Float
 
 from .._custom_types import Args, RealScalarLike, Scalar, Y
+from .._tree import grad as _grad, split, tree_axpy as _axpy
 from ._optax import check_update
 
 
 Loss = Callable[[Y, Args], Scalar]
 
 
-def _axpy(a, x, y):
-    """`a * x + y`, leaf by leaf."""
-    return jtu.tree_map(lambda xi, yi: a * xi + yi, x, y)
-
-
 def _negative_gradient(loss: Loss, params: Y, batch: Args) -> Y:
-    return jtu.tree_map(jnp.negative, jax.grad(loss)(params, batch))
+    return jtu.tree_map(jnp.negative, _grad(loss, params, batch))
+
+
+def _zeros_like(params: Y) -> Y:
+    """Zeros over the array leaves of `params` (`None` at a model's static leaves)."""
+    return jtu.tree_map(jnp.zeros_like, split(params)[0])
 
 
 class AbstractStepMap(eqx.Module):
@@ -158,10 +159,12 @@ class SGDEpoch(AbstractStepMap):
     def __call__(self, y: Y, h: RealScalarLike, args: Args) -> Y:
         num_batches(args)
 
-        def minibatch_step(params, batch):
-            return SGD(self.loss)(params, h, batch), None
+        arrays, static = split(y)
 
-        return jax.lax.scan(minibatch_step, y, args)[0]
+        def minibatch_step(arrays, batch):
+            return split(SGD(self.loss)(eqx.combine(arrays, static), h, batch))[0], None
+
+        return eqx.combine(jax.lax.scan(minibatch_step, arrays, args)[0], static)
 
     def duration(self, h: RealScalarLike, args: Args) -> RealScalarLike:
         return h * num_batches(args)
@@ -185,9 +188,11 @@ class OrderAveragedSGDEpoch(AbstractStepMap):
         epoch = SGDEpoch(self.loss)
         orders = list(itertools.permutations(range(num_batches(args))))
         results = [
-            epoch(y, h, jtu.tree_map(lambda leaf: leaf[np.array(order)], args)) for order in orders
+            split(epoch(y, h, jtu.tree_map(lambda leaf: leaf[np.array(order)], args)))[0]
+            for order in orders
         ]
-        return jtu.tree_map(lambda *leaves: sum(leaves) / len(orders), *results)
+        mean = jtu.tree_map(lambda *leaves: sum(leaves) / len(orders), *results)
+        return eqx.combine(mean, split(y)[1])
 
     def duration(self, h: RealScalarLike, args: Args) -> RealScalarLike:
         return h * num_batches(args)
@@ -218,12 +223,12 @@ class HeavyBall(_AbstractParamsInStateMap):
             raise ValueError(f"`beta` must lie in [0, 1), got {float(self.beta)}.")
 
     def __call__(self, y: MomentumState, h: RealScalarLike, args: Args) -> MomentumState:
-        momentum = _axpy(self.beta, y.momentum, jax.grad(self.loss)(y.params, args))
+        momentum = _axpy(self.beta, y.momentum, _grad(self.loss, y.params, args))
         return MomentumState(_axpy(-h, momentum, y.params), momentum)
 
     def init(self, params: Y, args: Args = None) -> MomentumState:
         del args
-        return MomentumState(params, jtu.tree_map(jnp.zeros_like, params))
+        return MomentumState(params, _zeros_like(params))
 
 
 class Nesterov(_AbstractParamsInStateMap):
@@ -241,13 +246,13 @@ class Nesterov(_AbstractParamsInStateMap):
             raise ValueError(f"`beta` must lie in [0, 1), got {float(self.beta)}.")
 
     def __call__(self, y: MomentumState, h: RealScalarLike, args: Args) -> MomentumState:
-        grad = jax.grad(self.loss)(y.params, args)
+        grad = _grad(self.loss, y.params, args)
         momentum = _axpy(self.beta, y.momentum, grad)
         return MomentumState(_axpy(-h, _axpy(self.beta, momentum, grad), y.params), momentum)
 
     def init(self, params: Y, args: Args = None) -> MomentumState:
         del args
-        return MomentumState(params, jtu.tree_map(jnp.zeros_like, params))
+        return MomentumState(params, _zeros_like(params))
 
 
 def _preconditioned(nu, eps, eps_inside_sqrt: bool):
@@ -297,7 +302,7 @@ class Adam(_AbstractParamsInStateMap):
             raise ValueError(f"`eps` must be non-negative, got {float(self.eps)}.")
 
     def __call__(self, y: AdamState, h: RealScalarLike, args: Args) -> AdamState:
-        grad = jax.grad(self.loss)(y.params, args)
+        grad = _grad(self.loss, y.params, args)
         mu = jtu.tree_map(lambda m, g: self.b1 * m + (1 - self.b1) * g, y.mu, grad)
         nu = jtu.tree_map(lambda v, g: self.b2 * v + (1 - self.b2) * g**2, y.nu, grad)
         if self.bias_correction:
@@ -306,17 +311,14 @@ class Adam(_AbstractParamsInStateMap):
             nu_hat = jtu.tree_map(lambda v: v / (1 - self.b2**count), nu)
         else:
             count, mu_hat, nu_hat = None, mu, nu
-        params = jtu.tree_map(
-            lambda p, m, v: p - h * m / _preconditioned(v, self.eps, self.eps_inside_sqrt),
-            y.params,
-            mu_hat,
-            nu_hat,
+        direction = jtu.tree_map(
+            lambda m, v: m / _preconditioned(v, self.eps, self.eps_inside_sqrt), mu_hat, nu_hat
         )
-        return AdamState(params, mu, nu, count)
+        return AdamState(_axpy(-h, direction, y.params), mu, nu, count)
 
     def init(self, params: Y, args: Args = None) -> AdamState:
         del args
-        zeros = jtu.tree_map(jnp.zeros_like, params)
+        zeros = _zeros_like(params)
         count = jnp.zeros((), jnp.result_type(float)) if self.bias_correction else None
         return AdamState(params, zeros, zeros, count)
 
@@ -348,19 +350,16 @@ class RMSProp(_AbstractParamsInStateMap):
             raise ValueError(f"`eps` must be non-negative, got {float(self.eps)}.")
 
     def __call__(self, y: RMSPropState, h: RealScalarLike, args: Args) -> RMSPropState:
-        grad = jax.grad(self.loss)(y.params, args)
+        grad = _grad(self.loss, y.params, args)
         nu = jtu.tree_map(lambda v, g: self.rho * v + (1 - self.rho) * g**2, y.nu, grad)
-        params = jtu.tree_map(
-            lambda p, g, v: p - h * g / _preconditioned(v, self.eps, self.eps_inside_sqrt),
-            y.params,
-            grad,
-            nu,
+        direction = jtu.tree_map(
+            lambda g, v: g / _preconditioned(v, self.eps, self.eps_inside_sqrt), grad, nu
         )
-        return RMSPropState(params, nu)
+        return RMSPropState(_axpy(-h, direction, y.params), nu)
 
     def init(self, params: Y, args: Args = None) -> RMSPropState:
         del args
-        return RMSPropState(params, jtu.tree_map(jnp.zeros_like, params))
+        return RMSPropState(params, _zeros_like(params))
 
 
 class SimultaneousGD(AbstractEulerStepMap):
@@ -381,8 +380,8 @@ class SimultaneousGD(AbstractEulerStepMap):
     lam: Float[Array, ""] = eqx.field(converter=jnp.asarray, default=1.0)
 
     def euler_field(self, y: tuple[Y, Y], args: Args) -> tuple[Y, Y]:
-        grad_phi = jax.grad(self.loss_phi)(y, args)[0]
-        grad_theta = jax.grad(self.loss_theta)(y, args)[1]
+        grad_phi = _grad(self.loss_phi, y, args)[0]
+        grad_theta = _grad(self.loss_theta, y, args)[1]
         return (
             jtu.tree_map(lambda g: -self.alpha * g, grad_phi),
             jtu.tree_map(lambda g: -self.lam * g, grad_theta),
@@ -405,8 +404,8 @@ class AlternatingGD(AbstractStepMap):
 
     def __call__(self, y: tuple[Y, Y], h: RealScalarLike, args: Args) -> tuple[Y, Y]:
         phi, theta = y
-        phi = _axpy(-self.alpha * h, jax.grad(self.loss_phi)((phi, theta), args)[0], phi)
-        grad_theta = jax.grad(self.loss_theta)((phi, theta), args)[1]
+        phi = _axpy(-self.alpha * h, _grad(self.loss_phi, (phi, theta), args)[0], phi)
+        grad_theta = _grad(self.loss_theta, (phi, theta), args)[1]
         return phi, _axpy(-self.lam * h, grad_theta, theta)
 
 
@@ -472,13 +471,13 @@ class OptaxStepMap(_AbstractParamsInStateMap):
 
     def __call__(self, y: OptaxState, h: RealScalarLike, args: Args) -> OptaxState:
         optimiser = self.make_optimiser(h)
-        grad = jax.grad(self.loss)(y.params, args)
-        updates, opt_state = optimiser.update(grad, y.opt_state, y.params)
-        return OptaxState(optax.apply_updates(y.params, updates), opt_state)
+        grad = _grad(self.loss, y.params, args)
+        updates, opt_state = optimiser.update(grad, y.opt_state, split(y.params)[0])
+        return OptaxState(eqx.apply_updates(y.params, updates), opt_state)
 
     def init(self, params: Y, args: Args = None) -> OptaxState:
         del args
-        return OptaxState(params, self.make_optimiser(1.0).init(params))
+        return OptaxState(params, self.make_optimiser(1.0).init(split(params)[0]))
 
     def check_expansion(self, params: Y, h: RealScalarLike, args: Args) -> None:
         """Raise `InputError` where the transformation has no modified flow at `params`.
@@ -486,5 +485,6 @@ class OptaxStepMap(_AbstractParamsInStateMap):
         Reads the jaxpr of `make_optimiser(h).update` at the gradient of
         `params` and the initial optax state (see above and the docs' optax page).
         """
-        grads = jax.grad(self.loss)(params, args)
-        check_update(self.make_optimiser(h), grads, self.init(params, args).opt_state, params)
+        arrays = split(params)[0]
+        grads = _grad(self.loss, params, args)
+        check_update(self.make_optimiser(h), grads, self.init(params, args).opt_state, arrays)

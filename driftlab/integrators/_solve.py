@@ -14,6 +14,7 @@ from .._errors import (
     MeasurementError,
     runtime_error_message,
 )
+from .._tree import array_leaves, split
 
 
 DEFAULT_RTOL = 1e-12
@@ -32,7 +33,8 @@ class _Solution(eqx.Module):
 @eqx.filter_jit
 def _diffeqsolve(flow, y0, t0, t1, ts, args, rtol, atol, max_steps):
     # At trace time only (once per compilation): the flow must return y0's structure.
-    field_shape = abstract_output(flow, type(flow).__name__, t0, y0, args)
+    name = type(flow.flow if isinstance(flow, _OnArrays) else flow).__name__
+    field_shape = abstract_output(flow, name, t0, y0, args)
     check_same_structure(field_shape, y0, "the flow's output", "y0")
     controller = diffrax.PIDController(rtol=rtol, atol=atol)
     if ts is None:
@@ -90,6 +92,16 @@ class _ComplexAsReal(eqx.Module):
         return _split_complex(self.flow(t, _merge_complex(y), args))
 
 
+class _OnArrays(eqx.Module):
+    """A flow on a model seen as a flow on its array leaves; the static leaves are fixed."""
+
+    flow: object
+    static: object
+
+    def __call__(self, t, y, args):
+        return split(self.flow(t, eqx.combine(y, self.static), args))[0]
+
+
 def _split_complex(tree):
     return jtu.tree_map(jnp.real, tree), jtu.tree_map(jnp.imag, tree)
 
@@ -132,7 +144,9 @@ def solve(
     **Raises:** `MeasurementError` when the solver fails (too many steps, a
     non-finite state: the flow blew up), naming the time it reached.
     """
-    for leaf in jtu.tree_leaves(y0):
+    if not array_leaves(y0):
+        check_float64_tree(y0, "y0")
+    for leaf in array_leaves(y0):
         if jnp.result_type(leaf) == jnp.complex128:
             continue
         check_float64_tree(leaf, "y0")
@@ -143,6 +157,9 @@ def solve(
         if ts.ndim != 1 or np.any(np.diff(np.asarray(ts)) < 0):
             raise InputError("`ts` must be a one-dimensional increasing array of times.")
     name = type(flow).__name__
+    y0, static = split(y0)
+    if jtu.tree_leaves(static):
+        flow = _OnArrays(flow, static)
     complex_state = any(jnp.iscomplexobj(leaf) for leaf in jtu.tree_leaves(y0))
     if complex_state:
         flow, y0 = _ComplexAsReal(flow), _split_complex(y0)
@@ -172,4 +189,4 @@ def solve(
             f"with norm {norm_last:.6g}. If it blows up, the flow's solution does not "
             "exist up to `t1`; otherwise raise `max_steps` or loosen `rtol`/`atol`."
         )
-    return _merge_complex(sol.ys) if complex_state else sol.ys
+    return eqx.combine(_merge_complex(sol.ys) if complex_state else sol.ys, static)

@@ -13,6 +13,7 @@ from jax.flatten_util import ravel_pytree
 
 from .._custom_types import Args, Y
 from .._errors import InputError, RoundoffWarning
+from .._symmetry import GRADIENT_TOLERANCE
 from .._tree import tree_scale
 from ..analysis import (
     GradientStructure,
@@ -20,7 +21,6 @@ from ..analysis import (
     order_of_accuracy,
     OrderEstimate,
 )
-from ..analysis._gradient_structure import GRADIENT_TOLERANCE
 from ..flows import ModifiedFlow
 from ..integrators import AbstractStepMap
 

@@ -1,0 +1,152 @@
+"""Models as parameters: an Equinox MLP (non-array leaves) wherever a parameter PyTree goes."""
+
+import functools as ft
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+import optax
+import pytest
+from jax.flatten_util import ravel_pytree
+
+import driftlab as dl
+
+from . import helpers
+
+
+@ft.cache
+def _model_problem():
+    """A 3-8-1 tanh MLP in float64 (41 parameters), 16 samples, and its loss."""
+    model = eqx.nn.MLP(3, 1, 8, 1, activation=jax.nn.tanh, key=jr.key(0))
+    model = jax.tree_util.tree_map(
+        lambda x: jnp.asarray(x, jnp.float64) if eqx.is_array(x) else x, model
+    )
+    xs = jr.normal(jr.key(1), (16, 3), jnp.float64)
+    batch = (xs, jnp.sin(xs.sum(axis=1, keepdims=True)))
+
+    def loss(m, batch):
+        inputs, targets = batch
+        return jnp.mean((jax.vmap(m)(inputs) - targets) ** 2)
+
+    return model, batch, loss
+
+
+def _flat_problem():
+    """The same problem on the ravelled array leaves: an independent route to every number."""
+    model, batch, loss = _model_problem()
+    arrays, static = eqx.partition(model, eqx.is_array)
+    flat, unravel = ravel_pytree(arrays)
+    return flat, (lambda u, b: loss(eqx.combine(unravel(u), static), b)), unravel
+
+
+def _arrays(tree):
+    return eqx.filter(tree, eqx.is_array)
+
+
+def test_gd_step_on_a_model():
+    model, batch, loss = _model_problem()
+    h = 0.1
+    new = dl.GradientDescent(loss)(model, h, batch)
+    assert new.activation is model.activation
+    flat, flat_loss, unravel = _flat_problem()
+    expected = unravel(flat - h * jax.grad(flat_loss)(flat, batch))
+    assert helpers.tree_allclose(_arrays(new), expected, rtol=1e-14, atol=1e-14)
+    three = dl.iterate(dl.GradientDescent(loss), model, h, 3, batch)
+    last = jax.tree_util.tree_map(lambda x: x[-1], _arrays(three))
+    assert three.activation is model.activation
+    assert helpers.tree_allclose(
+        last, _arrays(dl.integrators.advance(dl.GradientDescent(loss), model, h, 3, batch))
+    )
+
+
+def test_modified_flow_order_one_is_igr_on_a_model():
+    model, batch, loss = _model_problem()
+    h = 0.05
+    modified = dl.ModifiedFlow(dl.GradientDescent(loss), h, 1)(0.0, model, batch)
+    igr = dl.IGRFlow(loss, h)(0.0, model, batch)
+    assert helpers.relative_error(modified, igr) < 1e-12
+    # The field on the flat problem: -g - h/2 H g, with the Hessian formed densely.
+    flat, flat_loss, unravel = _flat_problem()
+    g = jax.grad(flat_loss)(flat, batch)
+    hessian = jax.hessian(flat_loss)(flat, batch)
+    assert helpers.relative_error(igr, unravel(-g - 0.5 * h * hessian @ g)) < 1e-12
+
+
+def test_solve_and_measurements_on_a_model():
+    model, batch, loss = _model_problem()
+    step, h = dl.GradientDescent(loss), 0.05
+    end = dl.solve(dl.GradientFlow(loss), model, 0.5, args=batch)
+    assert end.activation is model.activation
+    flat, flat_loss, _ = _flat_problem()
+    flat_step = dl.GradientDescent(flat_loss)
+    error = dl.local_error(step, dl.IGRFlow(loss, h), model, h, batch).error
+    flat_error = dl.local_error(flat_step, dl.IGRFlow(flat_loss, h), flat, h, batch).error
+    assert abs(error - flat_error) <= 1e-9 * flat_error
+    estimate = dl.order_of_accuracy(
+        step, lambda h: dl.IGRFlow(loss, h), model, [0.05, 0.1, 0.2], "local", batch
+    )
+    assert estimate.errors[0] == error
+    assert estimate.agrees(0.3), estimate  # O(h^3)
+
+
+def test_optax_momentum_on_a_model_matches_optax():
+    model, batch, loss = _model_problem()
+    h, beta = 0.05, 0.5
+    step = dl.OptaxStepMap(loss, lambda h: optax.sgd(h, momentum=beta))
+    state = dl.integrators.advance(step, step.init(model), h, 3, batch)
+    optimiser = optax.sgd(h, momentum=beta)
+    params, opt_state = model, optimiser.init(_arrays(model))
+    for _ in range(3):
+        grads = eqx.filter_grad(loss)(params, batch)
+        updates, opt_state = optimiser.update(grads, opt_state, _arrays(params))
+        params = eqx.apply_updates(params, updates)
+    assert helpers.tree_allclose(_arrays(state.params), _arrays(params), rtol=1e-13, atol=1e-14)
+    flow = dl.ModifiedFlow(dl.HeavyBall(loss, beta), 0.01, 1)
+    assert flow.slow_state(model, batch).params.activation is model.activation
+
+
+def test_state_where_parameters_are_expected():
+    model, batch, loss = _model_problem()
+    for step in (
+        dl.HeavyBall(loss, 0.5),
+        dl.OptaxStepMap(loss, lambda h: optax.sgd(h, momentum=0.5)),
+    ):
+        state = step.init(model, batch)
+        flow = dl.ModifiedFlow(step, 0.01, 1)
+        with pytest.raises(dl.InputError, match=r"`y` is a state of .* parameters are expected"):
+            flow.coefficients(state, batch)
+        with pytest.raises(dl.InputError, match=r"`params` is a state of"):
+            flow.slow_state(state, batch)
+        with pytest.raises(dl.InputError, match=r"`y0` is not a state of .*step.init"):
+            dl.iterate(step, model, 0.01, 2, batch)
+        with pytest.raises(dl.InputError, match=r"`y0` is not a state of"):
+            dl.local_error(step, flow, model, 0.01, batch)
+
+
+def test_flax_nnx_parameters_through_nnx_split():
+    nnx = pytest.importorskip("flax.nnx")  # optional: runs where flax is installed
+
+    class MLP(nnx.Module):
+        def __init__(self, rngs):
+            self.hidden = nnx.Linear(3, 8, param_dtype=jnp.float64, rngs=rngs)
+            self.out = nnx.Linear(8, 1, param_dtype=jnp.float64, rngs=rngs)
+
+        def __call__(self, x):
+            return self.out(jnp.tanh(self.hidden(x)))
+
+    graphdef, params = nnx.split(MLP(nnx.Rngs(0)))
+    _, batch, _ = _model_problem()
+
+    def nnx_loss(params, batch):
+        inputs, targets = batch
+        return jnp.mean((nnx.merge(graphdef, params)(inputs) - targets) ** 2)
+
+    h = 0.05
+    modified = dl.ModifiedFlow(dl.GradientDescent(nnx_loss), h, 1)(0.0, params, batch)
+    flat, unravel = ravel_pytree(params)
+    flat_loss = lambda u, b: nnx_loss(unravel(u), b)
+    g = jax.grad(flat_loss)(flat, batch)
+    expected = -g - 0.5 * h * jax.hessian(flat_loss)(flat, batch) @ g
+    np.testing.assert_allclose(ravel_pytree(modified)[0], expected, rtol=1e-12, atol=1e-14)
