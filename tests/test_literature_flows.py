@@ -68,6 +68,7 @@ def test_sgd_flow_matches_the_order_averaged_epoch():
     assert 7.6 < error_ratio(error, 1e-2) < 8.4
 
 
+@pytest.mark.slow
 def test_antisymmetric_part_and_modified_losses():
     problem = tiny_mlp()
     batches = problem.batches(3)

@@ -63,6 +63,7 @@ def _cases(loss):
     }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["heavy-ball", "rmsprop", "adam"])
 def test_agrees_with_modified_flow_on_the_slow_manifold(name):
     problem = tiny_mlp()
