@@ -114,6 +114,7 @@ def test_exact_batch_sgd_agrees_with_modified_flow():
         assert helpers.relative_error(a, b) < 1e-10
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["local", "global"])
 def test_sgd_flow_orders_on_mlp(kind):
     problem = helpers.small_mlp()
