@@ -134,6 +134,7 @@ def test_divergence_is_a_measurement_error_not_a_nan():
         dl.iterate(step, quad.params, 1e3, 200, quad.data)
 
 
+@pytest.mark.slow
 def test_same_seed_gives_bit_identical_results():
     def run():
         problem = dl.problems.mlp_digits(hidden=4, num_samples=64, seed=3)

@@ -20,6 +20,7 @@ def test_igr_field_equals_its_closed_form_on_a_quadratic():
     assert relative_error(field, expected) < 1e-12
 
 
+@pytest.mark.slow
 def test_igr_modified_loss_is_the_potential_of_its_field():
     problem, h = small_mlp(), 0.1
     flow = dl.IGRFlow(problem.loss, h)

@@ -71,6 +71,7 @@ def test_sgd_flow_matches_the_order_averaged_epoch():
     assert 7.6 < error_ratio(error, 1e-2) < 8.4
 
 
+@pytest.mark.slow
 def test_antisymmetric_part_and_modified_losses():
     problem = tiny_mlp()
     batches = problem.batches(3)
@@ -116,6 +117,7 @@ def test_exact_batch_sgd_agrees_with_modified_flow():
         assert helpers.relative_error(a, b) < 1e-10
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["local", "global"])
 def test_sgd_flow_orders_on_mlp(kind):
     problem = helpers.small_mlp()

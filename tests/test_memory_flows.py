@@ -80,6 +80,7 @@ def _cases(loss):
     }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["heavy-ball", "rmsprop", "adam"])
 def test_agrees_with_modified_flow_on_the_slow_manifold(name):
     problem = tiny_mlp()
@@ -125,6 +126,7 @@ def test_eps_outside_sqrt_on_a_quadratic():
             assert helpers.relative_error(a, b) < 1e-10
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["heavy-ball", "rmsprop", "adam"])
 @pytest.mark.parametrize("kind", ["local", "global"])
 def test_order_on_mlp_from_the_slow_manifold(name, kind):

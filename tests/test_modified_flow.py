@@ -201,6 +201,7 @@ def _orders(step, y0, args, local_hs, global_hs, t_end, *, local_orders, global_
             assert estimate.agrees(0.25), estimate
 
 
+@pytest.mark.slow
 def test_orders_gd_mlp():
     problem = helpers.small_mlp()
     step = dl.GradientDescent(problem.loss)
@@ -216,6 +217,7 @@ def test_orders_gd_mlp():
     )
 
 
+@pytest.mark.slow
 def test_orders_sgd_epoch_mlp():
     problem = helpers.small_mlp()
     step = dl.SGDEpoch(problem.loss)
@@ -232,6 +234,7 @@ def test_orders_sgd_epoch_mlp():
     )
 
 
+@pytest.mark.slow
 def test_orders_simultaneous_game():
     loss_phi, loss_theta = dl.problems.bilinear_game_losses()
     problem = dl.problems.bilinear_game(2, regularisation=0.3, seed=0)
@@ -248,6 +251,7 @@ def test_orders_simultaneous_game():
     )
 
 
+@pytest.mark.slow
 def test_orders_heavy_ball_mlp():
     problem = helpers.small_mlp()
     step = dl.HeavyBall(problem.loss, 0.5)
@@ -265,6 +269,7 @@ def test_orders_heavy_ball_mlp():
     )
 
 
+@pytest.mark.slow
 def test_orders_adam_mlp():
     problem = helpers.small_mlp()
     step = dl.Adam(

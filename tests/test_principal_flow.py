@@ -89,6 +89,7 @@ def test_zero_eigenvalue_uses_the_limit():
     assert field[0] == 0.0
 
 
+@pytest.mark.slow
 def test_lanczos_against_dense_and_igr():
     problem = tiny_mlp()
     y, data, h = problem.params, problem.data, 0.2
@@ -146,6 +147,7 @@ def test_difference_from_modified_flow_is_the_third_derivative_term():
     assert 3.5 < extrapolated[0] / extrapolated[1] < 4.5
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["local", "global"])
 def test_principal_order_on_mlp(kind):
     problem = helpers.small_mlp()

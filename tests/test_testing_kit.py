@@ -145,6 +145,7 @@ def test_meaningless_requests_raise_and_say_why(make, match):
 # --- driftlab's flows, property-tested with the kit -------------------------------------
 
 
+@pytest.mark.slow
 @settings(max_examples=5)
 @given(st.one_of(quadratics, mlps))
 def test_gradient_flow_and_igr_are_gd_modified_flows(problem):
@@ -184,6 +185,7 @@ def test_sgd_flows_match_the_epoch_maps(problem, data):
         )
 
 
+@pytest.mark.slow
 @settings(max_examples=4)
 @given(games, player_rates)
 def test_game_flows_match_simultaneous_and_alternating_gd(problem, rates):
@@ -206,6 +208,7 @@ def test_game_flows_match_simultaneous_and_alternating_gd(problem, rates):
         )
 
 
+@pytest.mark.slow
 @settings(max_examples=3)
 @given(st.one_of(quadratics, mlps), st.sampled_from([0.0, 0.5, 0.9]))
 def test_heavy_ball_flow_on_the_slow_manifold(problem, beta):
@@ -232,6 +235,7 @@ def test_adaptive_flows_on_the_slow_manifold(problem, eps):
     )
 
 
+@pytest.mark.slow
 @settings(max_examples=4)
 @given(st.one_of(quadratics, mlps), st.floats(0.01, 0.5))
 def test_modified_losses_are_potentials_and_mutants_are_not(problem, h):
@@ -261,6 +265,7 @@ def test_bilinear_game_flow_is_not_a_gradient(problem):
 # --- orders: measured slopes, and the mutants' -------------------------------------------
 
 
+@pytest.mark.slow
 @settings(max_examples=2)
 @given(mlps, st.data())
 def test_igr_local_order_and_its_mutants(problem, data):
@@ -275,6 +280,7 @@ def test_igr_local_order_and_its_mutants(problem, data):
             )
 
 
+@pytest.mark.slow
 @settings(max_examples=2)
 @given(games, player_rates, st.data())
 def test_game_flows_global_order_and_their_mutants(problem, rates, data):
