@@ -28,6 +28,7 @@ from .integrators import (
     GradientDescent,
     HeavyBall,
     Nesterov,
+    OrderAveragedSGDEpoch,
     RMSProp,
     SGDEpoch,
     SimultaneousGD,
@@ -50,9 +51,12 @@ def _full_batch(make_map):
     return factory
 
 
-def _epoch(problem, hyper):
-    step = SGDEpoch(problem.loss)
-    return step, problem.params, problem.batches(int(hyper.get("num_batches", 4)))
+def _epoch(make_map):
+    def factory(problem, hyper):
+        step = make_map(problem.loss)
+        return step, problem.params, problem.batches(int(hyper.get("num_batches", 4)))
+
+    return factory
 
 
 def _game(make_map):
@@ -66,7 +70,7 @@ def _game(make_map):
 
 OPTIMISERS: dict[str, Callable] = {
     "gd": _full_batch(lambda loss, hyper: GradientDescent(loss)),
-    "sgd-epoch": _epoch,
+    "sgd-epoch": _epoch(SGDEpoch),
     "heavy-ball": _full_batch(lambda loss, hyper: HeavyBall(loss, hyper.get("beta", 0.5))),
     "nesterov": _full_batch(lambda loss, hyper: Nesterov(loss, hyper.get("beta", 0.5))),
     # Without bias correction: the map must be autonomous for backward error analysis.
@@ -90,6 +94,8 @@ OPTIMISERS: dict[str, Callable] = {
     ),
     "simultaneous-gd": _game(SimultaneousGD),
     "alternating-gd": _game(AlternatingGD),
+    # The mean over all m! batch orders (m! epochs per step): what `SGDFlow` models.
+    "sgd-epoch-averaged": _epoch(OrderAveragedSGDEpoch),
 }
 
 
