@@ -254,7 +254,7 @@ def quadratic_closed_form(problem, name: str, h: float, num_steps: int) -> float
     GD's exact modified field is $\frac1h\log(I - hA)$; gradient flow, IGR and
     `modified-p` keep its series $-\sum_{k=1}^{p+1}\frac{(hA)^k}{kh}$ to $p = 0, 1, p$, the
     principal flow all of it. Per eigenpair $(\lambda, c)$ of $A$ and $y_0$, with
-    $x = h\lambda$ and $n$ steps: $c\,(1-x)^n\,\mathrm{expm1}(-n\sum_{k>p+1}x^k/k)$ (the tail
+    $x = h\lambda$ and $n$ steps: $-c\,(1-x)^n\,\mathrm{expm1}(n\sum_{k>p+1}x^k/k)$ (the tail
     summed directly for $x \le 1/2$, so no cancellation), else the plain difference.
     `None` for a flow that is not of this form.
     """
@@ -275,7 +275,7 @@ def quadratic_closed_form(problem, name: str, h: float, num_steps: int) -> float
         if x <= 0.5:
             k = np.arange(kept + 1, kept + 400)
             tail = np.sum(x**k / k)
-            difference = -gd * np.expm1(-num_steps * tail)
+            difference = -gd * np.expm1(num_steps * tail)
         else:
             field = -sum(x**k / k for k in range(1, kept + 1))
             difference = gd - np.exp(num_steps * field)
