@@ -173,8 +173,7 @@ def markdown(result: dict, figures: list[str]) -> str:
         "above the round-off / solver floor; a flow tracks while its global error is <= "
         f"{TRACKING_TOLERANCE:g} x |params|.",
         "",
-        "## Verdict: which flow tracks to "
-        f"{TRACKING_TOLERANCE:.0%} up to which step size",
+        f"## Verdict: which flow tracks to {TRACKING_TOLERANCE:.0%} up to which step size",
         "",
         markdown_table(
             ["problem", "optimiser", "flow", "x", "tracks up to x", "how"],
@@ -212,9 +211,7 @@ def markdown(result: dict, figures: list[str]) -> str:
         ),
         "",
         "Scales: "
-        + "; ".join(
-            sorted({f"`{c['scale']}`: {c['scale_description']}" for c in result["cases"]})
-        )
+        + "; ".join(sorted({f"`{c['scale']}`: {c['scale_description']}" for c in result["cases"]}))
         + ".",
         "",
         "## Fitted orders and where each flow stops tracking",
