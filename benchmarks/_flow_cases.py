@@ -240,16 +240,6 @@ PRESETS = {
             # (minutes per point); against one order it is `exact-batch-sgd`'s row above.
             Case("logistic", "sgd-epoch-averaged", ("gradient", "sgd")),
             Case("mlp", "gd", ("gradient", "igr"), (2,), drift=("gradient", "igr")),
-            # The dense principal flow on a 160-parameter MLP, on either side of 1 and 2
-            # (about a minute per point on 2 cores: one Hessian per field evaluation).
-            Case(
-                "mlp",
-                "gd",
-                ("principal",),
-                problem_options={"hidden": 2},
-                label="gd-hidden-2",
-                grid=(0.5, 1.5, 2.5),
-            ),
             Case("game", "simultaneous-gd", ("simultaneous-game",), (1, 3)),
             Case(
                 "game",
