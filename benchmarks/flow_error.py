@@ -1,38 +1,39 @@
 r"""How well each flow tracks each optimiser, at step sizes up to and beyond the edge of stability.
 
-    python -m benchmarks.flow_error --preset fast    # < 5 minutes on 2 cores
+    python -m benchmarks.flow_error --preset fast    # minutes on 2 cores
     python -m benchmarks.flow_error --preset smoke   # < 1 minute (CI: tests/test_benchmarks.py)
     python -m benchmarks.flow_error --preset full    # every paired flow, orders 1..6, 16 steps
 
 For every problem, optimiser and flow (registry names of `driftlab._registry`; the
-automatic `ModifiedFlow` as `modified-p`) and every step size $h$ with
-$h\lambda_{max}$ on the preset's grid (0.01 to 2.5; $\lambda_{max}$ of the loss's
-Hessian at the initial parameters, by `driftlab.lambda_max`), it records:
+automatic `ModifiedFlow` as `modified-p`) and every step size on the case's grid of a
+dimensionless $x$ in the optimiser's own validity scale (`_flow_cases.SCALES`:
+$h\lambda_{max}$ from 0.01 to 2.5 for GD-like maps, $h\lambda_P/(1-\beta_2)$ for Adam),
+it records:
 
 - the stability index $\max|1-\mu|$ of the map's Jacobian (`driftlab.stability_index`;
   $h\lambda_{max}$ for gradient descent, 2 at the edge of stability);
 - the local error (one step, `driftlab.local_error`, $O(h^{p+2})$ for an order-$p$ flow)
-  and the global error at a fixed time (`driftlab.global_error`, $O(h^{p+1})$);
+  and the global error at a fixed time (`driftlab.global_error`, $O(h^{p+1})$), with the
+  principal flow solved on a complex state (`complex_state=True`);
+- on the quadratic with GD, the global error in closed form (`quadratic_closed_form`);
 - failures, as data: a flow that does not exist at that $h$ (heavy-ball's slow
-  manifold beyond $h\lambda < (1-\sqrt\beta)^2$, a principal flow that turns complex
-  at $h\lambda > 1$, a solve that blows up) is recorded with its message.
+  manifold beyond $h\lambda < (1-\sqrt\beta)^2$, the principal flow at
+  $h\lambda_i = 1$, a solve that blows up) is recorded with its message.
 
-Maps with auxiliary state start on the flow's slow manifold (`flow.slow_state`). The
-fitted slopes use only the points with $h\lambda_{max} \le$ `FIT_MAX` whose error is
-at least 10 times its round-off / solver floor. A flow "tracks" the optimiser at
-$h$ when its relative global error is at most `TRACKING_TOLERANCE`; the table reports
-the largest $h\lambda_{max}$ up to which every grid point tracks. Along one trajectory
-per marked case, `driftlab.drift` gives the distance between iterates and flows.
+Maps with auxiliary state start on the flow's slow manifold (`flow.slow_state`). Local
+slopes use the points with $x \le$ `FIT_MAX`, global slopes $x \le$ `GLOBAL_FIT_MAX`,
+each at least 10 times above its round-off / solver floor; each is set against the
+slope theory backs for the pairing (`_flow_cases.expectation`). A flow "tracks" the
+optimiser at $h$ when its relative global error is at most `TRACKING_TOLERANCE`; the
+report gives the largest $x$ up to which every grid point tracks (points where the flow
+does not exist are listed, not counted as the end).
 
 Outputs (in `--output`, default `benchmarks/results/`): `flow_error.json` (every
-measurement and `driftlab._io.machine_info()`), `flow_error.md` (tables) and figures:
-`flow_error_orders_<problem>_<optimiser>.png` (local error vs h, fitted slopes),
-`flow_error_tracking.png` (relative global error vs $h\lambda_{max}$) and
-`flow_error_drift_<problem>_<optimiser>.png`.
+measurement and `driftlab._io.machine_info()`), `flow_error.md` (verdict, tables) and
+figures (`_flow_report.write_figures`).
 """
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
@@ -50,16 +51,23 @@ from driftlab import _registry
 from driftlab._io import machine_info, write_json_atomic
 from driftlab.analysis._order import fit_slope
 
-from ._common import command_line, markdown_table, Progress, RESULTS_DIR, write_text_atomic
+from ._common import command_line, Progress, RESULTS_DIR, write_text_atomic
+from ._flow_cases import (
+    Case,
+    COMPLEX_STATE_FLOWS,
+    DENSE_PRINCIPAL_LIMIT,
+    expectation,
+    FIT_MAX,
+    GLOBAL_FIT_MAX,
+    paired_flows,
+    Preset,
+    PRESETS,
+    SCALES,
+    TRACKING_TOLERANCE,
+)
+from ._flow_report import markdown, write_figures
 
 
-#: Slopes are fitted on the points with h * lambda_max at most this (the asymptotic regime).
-FIT_MAX = 0.5
-#: A flow tracks the optimiser while its global error is at most this fraction of |params|.
-TRACKING_TOLERANCE = 1e-2
-#: Above this many parameters the dense principal flow (a Hessian eigendecomposition per
-#: field evaluation) is skipped; `principal-lanczos` is its matrix-free counterpart.
-DENSE_PRINCIPAL_LIMIT = 256
 #: What a failed measurement raises: driftlab's own errors, and run-time checks inside a
 #: flow (`eqx.error_if`, e.g. a principal flow at h * lambda = 1) surfacing from XLA.
 FAILURES = (
@@ -69,136 +77,9 @@ FAILURES = (
     jax.errors.JaxRuntimeError,
     FloatingPointError,
 )
-
-#: The flows (registry names) that model each optimiser (registry names). `modified-p`
-#: (the automatic `ModifiedFlow`) applies to every optimiser. A registry flow named in
-#: no entry is tried on every optimiser, so new flows show up in the `full` preset
-#: without editing this file; where it does not apply, the failure is recorded.
-PAIRS = {
-    "gd": ("gradient", "igr", "principal", "principal-lanczos"),
-    "sgd-epoch": ("gradient", "sgd", "exact-batch-sgd"),
-    "heavy-ball": ("heavy-ball",),
-    "nesterov": (),
-    "adam": ("adam",),
-    "rmsprop": ("rmsprop",),
-    "simultaneous-gd": ("simultaneous-game",),
-    "alternating-gd": ("alternating-game",),
-}
-#: Which optimisers each problem is studied with in the `full` preset.
-PROBLEM_OPTIMISERS = {
-    "quadratic": ("gd", "heavy-ball", "nesterov", "adam", "rmsprop"),
-    "logistic": ("gd", "sgd-epoch", "heavy-ball", "adam"),
-    "mlp": ("gd", "sgd-epoch", "heavy-ball", "adam"),
-    "game": ("simultaneous-gd", "alternating-gd"),
-}
-
-
-@dataclasses.dataclass(frozen=True)
-class Case:
-    """One problem and optimiser, and the flows to compare with it.
-
-    `flows=None` means every registry flow paired with the optimiser (`paired_flows`);
-    `orders` are the orders of the automatic `modified` flow. `drift` names the flows
-    (labels such as `"igr"`, `"modified-2"`) followed along a trajectory; `True`: all.
-    """
-
-    problem: str
-    optimiser: str
-    flows: tuple[str, ...] | None = None
-    orders: tuple[int, ...] = ()
-    problem_options: dict = dataclasses.field(default_factory=dict)
-    hyper: dict = dataclasses.field(default_factory=dict)
-    drift: bool | tuple[str, ...] = False
-    label: str | None = None
-
-    @property
-    def optimiser_label(self) -> str:
-        """How tables and figure names call the optimiser: `label`, else its registry name."""
-        return self.label or self.optimiser
-
-
-@dataclasses.dataclass(frozen=True)
-class Preset:
-    """The cases, the grid of h * lambda_max, and the times global errors and drift use.
-
-    Global errors are taken at `horizon / lambda_max` times the map's duration per unit
-    step (an SGD epoch of m batches lasts m h); drift over `drift_steps` steps at
-    `drift_scaled_step` = h * lambda_max.
-    """
-
-    cases: tuple[Case, ...]
-    scaled_steps: tuple[float, ...]
-    horizon: float = 5.0
-    drift_scaled_step: float = 0.5
-    drift_steps: int = 40
-
-
-def _full_cases() -> tuple[Case, ...]:
-    cases = []
-    for problem, optimisers in PROBLEM_OPTIMISERS.items():
-        for optimiser in optimisers:
-            affordable = 6 if problem in ("quadratic", "game") else 4
-            cases.append(
-                Case(problem, optimiser, orders=tuple(range(1, affordable + 1)), drift=True)
-            )
-    return tuple(cases)
-
-
-PRESETS = {
-    "smoke": Preset(
-        cases=(
-            Case("quadratic", "gd", ("gradient", "igr"), orders=(2,), drift=("gradient", "igr")),
-        ),
-        scaled_steps=(0.01, 0.03, 0.1, 0.3, 1.0, 2.5),
-        drift_steps=20,
-    ),
-    "fast": Preset(
-        cases=(
-            Case(
-                "quadratic",
-                "gd",
-                ("gradient", "igr", "principal"),
-                (1, 2, 3, 4, 5, 6),
-                drift=("gradient", "igr", "modified-2", "modified-4"),
-            ),
-            Case("quadratic", "heavy-ball", ("heavy-ball",), (1, 2)),
-            Case("quadratic", "adam", ("adam",), (1,)),
-            # optax's b2 = 0.999 (above) puts Adam's asymptotic regime below the grid; with a
-            # shorter memory and eps inside the square root (a smooth map) the grid reaches it.
-            Case(
-                "mlp",
-                "adam",
-                ("adam",),
-                (1,),
-                hyper={"b1": 0.5, "b2": 0.7, "eps": 1e-2, "eps_inside_sqrt": 1.0},
-                label="adam-b2-0.7",
-            ),
-            Case("logistic", "sgd-epoch", ("gradient", "sgd", "exact-batch-sgd"), (1,)),
-            Case("mlp", "gd", ("gradient", "igr"), (2,), drift=("gradient", "igr")),
-            Case("game", "simultaneous-gd", ("simultaneous-game",), (1, 3)),
-            Case(
-                "game",
-                "alternating-gd",
-                ("alternating-game",),
-                (1, 3),
-                drift=("alternating-game", "modified-3"),
-            ),
-        ),
-        scaled_steps=(0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 1.5, 2.0, 2.5),
-    ),
-    "full": Preset(
-        cases=_full_cases(),
-        scaled_steps=tuple(np.round(np.geomspace(0.01, 2.5, 16), 4)),
-        drift_steps=100,
-    ),
-}
-
-
-def paired_flows(optimiser: str) -> tuple[str, ...]:
-    """Registry flows that model `optimiser`, plus registry flows no `PAIRS` entry names."""
-    named = {name for names in PAIRS.values() for name in names} | {"modified"}
-    unpaired = tuple(name for name in _registry.FLOWS if name not in named)
-    return PAIRS.get(optimiser, ()) + unpaired
+#: How a flow says it does not exist at this h (the principal flow at h * lambda_i = 1):
+#: such a point is a gap in the grid, not where tracking ends.
+DOES_NOT_EXIST = "does not exist"
 
 
 def _size(tree) -> int:
@@ -260,7 +141,9 @@ def _as_record(measurement) -> dict:
     }
 
 
-def measure(step, make_flow, problem, y_init, h, t_end, args) -> dict:
+def measure(
+    step, make_flow, problem, y_init, h, t_end, args, *, complex_state: bool = False
+) -> dict:
     """Local and global error of one flow at one `h`; failures and warnings are recorded."""
     record = {"local": None, "global": None, "failure": None, "warnings": []}
     start = time.perf_counter()
@@ -274,12 +157,13 @@ def measure(step, make_flow, problem, y_init, h, t_end, args) -> dict:
             # A flow that does not apply to this map (or this h) is recorded, not raised.
             record["failure"] = _short(error)
         else:
+            options = {"complex_state": complex_state}
             for kind in ("local", "global"):
                 try:
                     if kind == "local":
-                        result = dl.local_error(step, flow, y0, h, args)
+                        result = dl.local_error(step, flow, y0, h, args, **options)
                     else:
-                        result = dl.global_error(step, flow, y0, h, t_end, args)
+                        result = dl.global_error(step, flow, y0, h, t_end, args, **options)
                     record[kind] = _as_record(result)
                 except FAILURES as error:
                     record[kind] = {"failure": _short(error)}
@@ -296,22 +180,33 @@ def _status(record, kind) -> str:
     return "failed" if "failure" in result else f"{result['error']:.3g}"
 
 
+def _usable(record, kind):
+    result = None if record["failure"] else record[kind]
+    return result if result is not None and "failure" not in result else None
+
+
 def fit(records, kind: str) -> dict:
-    """The log-log slope of `kind` errors on the usable points of one flow's sweep."""
-    hs, errors, floors, scaled = [], [], [], []
-    for record in records:
-        result = None if record["failure"] else record[kind]
-        ok = result is not None and "failure" not in result
-        hs.append(record["h"])
-        scaled.append(record["h_lambda"])
-        errors.append(result["error"] if ok else np.nan)
-        floors.append(result["floor"] if ok else np.nan)
-    hs, errors, floors, scaled = map(np.asarray, (hs, errors, floors, scaled))
+    """The log-log slope of `kind` errors on the usable points of one flow's sweep.
+
+    Usable: x at most `FIT_MAX` (local) or `GLOBAL_FIT_MAX` (global) and the error at
+    least 10 times its floor. Where the closed form is known (`closed_form` in the
+    records) its slope on the same points is fitted too: the expectation on that range.
+    """
+    fit_max = FIT_MAX if kind == "local" else GLOBAL_FIT_MAX
+    results = [_usable(record, kind) for record in records]
+    hs = np.array([record["h"] for record in records])
+    scaled = np.array([record["h_lambda"] for record in records])
+    errors = np.array([np.nan if r is None else r["error"] for r in results])
+    floors = np.array([np.nan if r is None else r["floor"] for r in results])
+    closed = np.array([r.get("closed_form", np.nan) if r else np.nan for r in results])
     with np.errstate(invalid="ignore"):
-        used = np.isfinite(errors) & (errors >= 10 * floors) & (scaled <= FIT_MAX)
-    slope = stderr = intercept = np.nan
+        used = np.isfinite(errors) & (errors >= 10 * floors) & (scaled <= fit_max)
+    slope = stderr = intercept = closed_slope = np.nan
     if used.sum() >= 3 and hs[used].max() / hs[used].min() >= 2:
         slope, stderr, intercept = fit_slope(hs, errors, used)
+        if np.all(closed[used] > 0):
+            closed_slope = fit_slope(hs, closed, used)[0]
+    finite = np.isfinite(errors)
     return {
         "kind": kind,
         "hs": hs,
@@ -322,80 +217,154 @@ def fit(records, kind: str) -> dict:
         "slope_stderr": stderr,
         "intercept": intercept,
         "num_points": int(used.sum()),
+        "closed_form_slope": closed_slope,
+        # Every successful point within 10x of its floor: the errors are round-off.
+        "at_floor": bool(finite.any() and np.all(errors[finite] < 10 * floors[finite])),
+        "max_relative_error": max(
+            (r["relative_error"] for r in results if r is not None), default=np.nan
+        ),
     }
 
 
-def tracking_limit(records) -> tuple[float, str | None]:
-    """The largest h * lambda_max up to which every point tracks, and why the next one fails."""
-    limit, reason = 0.0, None
+def tracking_limit(records) -> tuple[float, str | None, list[float]]:
+    """The largest x up to which every point tracks, why the next one fails, and the gaps.
+
+    Gaps are the points where the flow says it does not exist (`DOES_NOT_EXIST`).
+    """
+    limit, reason, gaps = 0.0, None, []
     for record in records:
         result = None if record["failure"] else record["global"]
+        message = record["failure"] or (result or {}).get("failure") or ""
+        if DOES_NOT_EXIST in message:
+            gaps.append(record["h_lambda"])
+            continue
         if result is None or "failure" in result:
-            reason = f"fails at h*lambda={record['h_lambda']:g}"
+            reason = f"fails at x={record['h_lambda']:g}"
             break
         if not result["relative_error"] <= TRACKING_TOLERANCE:
             reason = f"relative error {result['relative_error']:.2g} at {record['h_lambda']:g}"
             break
         limit = record["h_lambda"]
-    return limit, reason
+    return limit, reason, gaps
+
+
+def quadratic_closed_form(problem, name: str, h: float, num_steps: int) -> float | None:
+    r"""GD's global error against a truncated-logarithm flow on the quadratic, in closed form.
+
+    GD's exact modified field is $\frac1h\log(I - hA)$; gradient flow, IGR and
+    `modified-p` keep its series $-\sum_{k=1}^{p+1}\frac{(hA)^k}{kh}$ to $p = 0, 1, p$, the
+    principal flow all of it. Per eigenpair $(\lambda, c)$ of $A$ and $y_0$, with
+    $x = h\lambda$ and $n$ steps: $-c\,(1-x)^n\,\mathrm{expm1}(n\sum_{k>p+1}x^k/k)$ (the tail
+    summed directly for $x \le 1/2$, so no cancellation), else the plain difference.
+    `None` for a flow that is not of this form.
+    """
+    if name == "principal":
+        return 0.0
+    orders = {"gradient": 0, "igr": 1}
+    if name.startswith("modified-"):
+        orders[name] = int(name.split("-")[1])
+    if name not in orders:
+        return None
+    kept = orders[name] + 1
+    eigenvalues, vectors = np.linalg.eigh(np.asarray(problem.A))
+    coefficients = vectors.T @ np.asarray(problem.params)
+    total = 0.0
+    for lam, c in zip(eigenvalues, coefficients):
+        x = h * lam
+        gd = (1 - x) ** num_steps
+        if x <= 0.5:
+            k = np.arange(kept + 1, kept + 400)
+            tail = np.sum(x**k / k)
+            difference = -gd * np.expm1(num_steps * tail)
+        else:
+            field = -sum(x**k / k for k in range(1, kept + 1))
+            difference = gd - np.exp(num_steps * field)
+        total += (c * difference) ** 2
+    return float(np.sqrt(total))
 
 
 def run_case(case: Case, preset: Preset, progress: Progress, notes: list) -> dict:
-    """Every measurement of one case: lambda_max, stability indices, errors, fits, drift."""
+    """Every measurement of one case: its scale, stability indices, errors, fits, drift."""
     problem = _registry.lookup(_registry.PROBLEMS, "problem", case.problem)(**case.problem_options)
     step, y_init, args = _registry.lookup(_registry.OPTIMISERS, "optimiser", case.optimiser)(
         problem, case.hyper
     )
-    curvature = dl.lambda_max(problem.loss, problem.params, problem.data)
-    t_end = preset.horizon * float(step.duration(1.0 / curvature, args))
+    scale = SCALES[case.scale]
+    h_unit, time_unit = scale.unit(problem, step, y_init, args)
+    horizon = case.horizon if case.horizon is not None else preset.horizon
+    grid = case.grid or preset.scaled_steps
+    t_end = horizon * float(step.duration(time_unit, args))
     label = f"{case.problem}/{case.optimiser_label}"
-    progress(f"{label}: lambda_max = {curvature:.4g}, global errors at t = {t_end:.4g}")
+    progress(f"{label}: x = h / {h_unit:.4g} ({scale.label}), global errors at t = {t_end:.4g}")
     stability = {}
-    for scaled in preset.scaled_steps:
+    for scaled in grid:
         try:
-            stability[scaled] = dl.stability_index(step, y_init, scaled / curvature, args)
+            stability[scaled] = dl.stability_index(step, y_init, scaled * h_unit, args)
         except FAILURES as error:
             stability[scaled] = np.nan
-            notes.append(f"{label}: stability index at h*lambda={scaled:g} failed: {error}")
+            notes.append(f"{label}: stability index at x={scaled:g} failed: {error}")
     case_notes = []
     factories = flow_factories(case, problem, step, case_notes)
     notes.extend(case_notes)
+    closed_form = case.problem == "quadratic" and case.optimiser == "gd"
     flows = {}
     for name, make_flow in factories.items():
         records = []
-        for scaled in preset.scaled_steps:
-            h = scaled / curvature
+        for scaled in grid:
+            h = scaled * h_unit
             record = {"h": h, "h_lambda": scaled, "stability_index": stability[scaled]}
-            record |= measure(step, make_flow, problem, y_init, h, t_end, args)
+            record |= measure(
+                step,
+                make_flow,
+                problem,
+                y_init,
+                h,
+                t_end,
+                args,
+                complex_state=name in COMPLEX_STATE_FLOWS,
+            )
+            result = _usable(record, "global")
+            if closed_form and result is not None:
+                exact = quadratic_closed_form(problem, name, h, result["num_steps"])
+                if exact is not None:
+                    result["closed_form"] = exact
             records.append(record)
             progress(
-                f"{label} {name} h*lambda={scaled:g} (index {stability[scaled]:.3g}): "
+                f"{label} {name} x={scaled:g} (index {stability[scaled]:.3g}): "
                 f"local {_status(record, 'local')}, global {_status(record, 'global')}"
                 f" ({record['seconds']:.1f}s)"
             )
         fits = {kind: fit(records, kind) for kind in ("local", "global")}
         order = next((r["order"] for r in records if "order" in r), None)
-        limit, reason = tracking_limit(records)
+        expected = expectation(case.problem, case.optimiser, name, order)
+        limit, reason, gaps = tracking_limit(records)
         flows[name] = {
             "order": order,
             "expected": {
-                "local": None if order is None else order + 2,
-                "global": None if order is None else order + 1,
+                "local": expected.local,
+                "global": expected.global_,
+                "reason": expected.reason,
             },
+            "complex_state": name in COMPLEX_STATE_FLOWS,
             "measurements": records,
             "fits": {kind: _public_fit(result) for kind, result in fits.items()},
             "tracks_up_to": limit,
             "stops_tracking": reason,
+            "does_not_exist_at": gaps,
             "_fits": fits,
         }
-    drift = run_drift(case, preset, problem, step, y_init, args, curvature, factories, progress)
+    drift = run_drift(case, preset, problem, step, y_init, args, h_unit, factories, progress)
     return {
         "problem": case.problem,
         "optimiser": case.optimiser_label,
         "hyper": case.hyper,
         "num_parameters": _size(problem.params),
-        "lambda_max": curvature,
+        "scale": scale.label,
+        "scale_description": scale.description,
+        "h_unit": h_unit,
+        "lambda_max": 1.0 / h_unit if case.scale == "curvature" else None,
         "t_end": t_end,
+        "grid": list(grid),
         "stability_index": {str(k): v for k, v in stability.items()},
         "flows": flows,
         "drift": drift,
@@ -403,20 +372,18 @@ def run_case(case: Case, preset: Preset, progress: Progress, notes: list) -> dic
 
 
 def _public_fit(result) -> dict:
-    return {
-        "slope": result["slope"],
-        "slope_stderr": result["slope_stderr"],
-        "intercept": result["intercept"],
-        "num_points": result["num_points"],
-        "used": result["used"],
+    keys = ("slope", "slope_stderr", "intercept", "num_points", "used", "closed_form_slope")
+    return {key: result[key] for key in keys} | {
+        "at_floor": result["at_floor"],
+        "max_relative_error": result["max_relative_error"],
     }
 
 
-def run_drift(case, preset, problem, step, y_init, args, curvature, factories, progress):
+def run_drift(case, preset, problem, step, y_init, args, h_unit, factories, progress):
     """`driftlab.drift` of each flow along one trajectory at `preset.drift_scaled_step`."""
     if not case.drift:
         return []
-    h = preset.drift_scaled_step / curvature
+    h = preset.drift_scaled_step * h_unit
     results = []
     for name, make_flow in factories.items():
         if case.drift is not True and name not in case.drift:
@@ -426,7 +393,15 @@ def run_drift(case, preset, problem, step, y_init, args, curvature, factories, p
         try:
             flow = make_flow(h)
             y0 = _start(flow, step, problem, y_init, args)
-            result = dl.drift(step, flow, y0, h, preset.drift_steps, args)
+            result = dl.drift(
+                step,
+                flow,
+                y0,
+                h,
+                preset.drift_steps,
+                args,
+                complex_state=name in COMPLEX_STATE_FLOWS,
+            )
             entry |= {
                 "times": result.times,
                 "errors": result.errors,
@@ -455,238 +430,9 @@ def _strip_private(value):
         return _strip_private(value.tolist())
     if isinstance(value, float | np.floating) and not np.isfinite(value):
         return None
+    if isinstance(value, np.bool_):
+        return bool(value)
     return value
-
-
-def write_figures(cases, output: str) -> list[str]:
-    """Error-vs-h figures per case, the tracking figure, and drift figures."""
-    from driftlab.plotting import plot_drift, plot_orders
-
-    paths = []
-    for case in cases:
-        estimates = []
-        for name, flow in case["flows"].items():
-            result = flow["_fits"]["local"]
-            if flow["order"] is None or not np.isfinite(result["errors"]).any():
-                continue
-            estimates.append(
-                dl.OrderEstimate(
-                    kind="local",
-                    map_name=case["optimiser"],
-                    flow_name=name,
-                    hs=result["hs"],
-                    errors=result["errors"],
-                    floors=result["floors"],
-                    used=result["used"],
-                    slope=result["slope"],
-                    slope_stderr=result["slope_stderr"],
-                    intercept=result["intercept"],
-                    expected=float(flow["expected"]["local"]),
-                    stability_index=float("nan"),
-                )
-            )
-        if estimates:
-            stem = f"flow_error_orders_{case['problem']}_{case['optimiser']}.png"
-            title = (
-                f"{case['optimiser']} on {case['problem']}: local error "
-                f"(slopes fitted for h*lambda_max <= {FIT_MAX:g})"
-            )
-            paths.append(plot_orders(estimates, os.path.join(output, stem), title))
-        drifts = [d for d in case["drift"] if "_result" in d]
-        if drifts:
-            stem = f"flow_error_drift_{case['problem']}_{case['optimiser']}.png"
-            title = (
-                f"{case['optimiser']} on {case['problem']}: drift at "
-                f"h*lambda_max = {drifts[0]['h_lambda']:g}"
-            )
-            paths.append(
-                plot_drift(
-                    [d["_result"] for d in drifts],
-                    [d["flow"] for d in drifts],
-                    os.path.join(output, stem),
-                    title,
-                )
-            )
-    paths.append(plot_tracking(cases, os.path.join(output, "flow_error_tracking.png")))
-    return paths
-
-
-def plot_tracking(cases, path: str) -> str:
-    """Relative global error against h * lambda_max per case; crosses where a flow failed."""
-    import matplotlib.pyplot as plt
-
-    from driftlab.plotting import save_figure
-
-    columns = min(3, len(cases))
-    rows = -(-len(cases) // columns)
-    figure, axes = plt.subplots(rows, columns, figsize=(5.2 * columns, 3.9 * rows), squeeze=False)
-    for ax, case in zip(axes.flat, cases):
-        for name, flow in case["flows"].items():
-            scaled, relative, failed = [], [], []
-            for record in flow["measurements"]:
-                result = None if record["failure"] else record["global"]
-                if result is None or "failure" in result:
-                    failed.append(record["h_lambda"])
-                else:
-                    scaled.append(record["h_lambda"])
-                    relative.append(max(result["relative_error"], 1e-17))
-            (line,) = ax.loglog(scaled, relative, "o-", ms=3, label=name)
-            if failed:
-                ax.plot(failed, [10.0] * len(failed), "x", color=line.get_color(), ms=7)
-        index = case["stability_index"]
-        edge = [float(k) for k, v in index.items() if v is not None and np.isfinite(v) and v >= 2]
-        if edge:
-            ax.axvline(min(edge), color="k", lw=0.8, ls="--")
-        ax.axhline(TRACKING_TOLERANCE, color="grey", lw=0.8, ls=":")
-        ax.set_title(f"{case['optimiser']} on {case['problem']}", fontsize=9)
-        ax.set_xlabel("h * lambda_max")
-        ax.set_ylabel("relative global error")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=6)
-    for ax in list(axes.flat)[len(cases) :]:
-        ax.set_visible(False)
-    figure.suptitle(
-        "Where each flow stops tracking: global error at fixed time (x: flow failed, "
-        f"dotted: {TRACKING_TOLERANCE:g}, dashed: stability index >= 2)",
-        fontsize=10,
-    )
-    return save_figure(figure, path)
-
-
-def markdown(result: dict, figures: list[str]) -> str:
-    """The Markdown report: curvature, fitted slopes and tracking limits, drift, notes."""
-    lines = [
-        f"# Flow approximation sweep (`{result['preset']}` preset)",
-        "",
-        f"Command: `{result['command']}`  ",
-        f"Runtime: {result['seconds']:.0f} s wall clock, {result['cpu_seconds']:.0f} s CPU "
-        f"(all threads) on {result['machine']['platform']} ({result['machine']['cpu_count']} "
-        f"cores, load average {result['machine']['load_average'][0]:.1f} at the start; jax "
-        f"{result['machine']['jax']}).  ",
-        f"Grid of h * lambda_max: {', '.join(f'{x:g}' for x in result['scaled_steps'])}. "
-        f"Slopes fitted for h * lambda_max <= {FIT_MAX:g} on points at least 10x above the "
-        f"round-off / solver floor; a flow tracks while its global error is <= "
-        f"{TRACKING_TOLERANCE:g} x |params|.",
-        "",
-        "## Problems",
-        "",
-        markdown_table(
-            [
-                "problem",
-                "optimiser",
-                "hyperparameters (else the registry's)",
-                "parameters",
-                "lambda_max",
-                "t (global)",
-                "first h*lambda with index >= 2",
-            ],
-            [
-                [
-                    c["problem"],
-                    c["optimiser"],
-                    ", ".join(f"{k}={v:g}" for k, v in c["hyper"].items()) or "-",
-                    c["num_parameters"],
-                    c["lambda_max"],
-                    c["t_end"],
-                    _edge(c),
-                ]
-                for c in result["cases"]
-            ],
-        ),
-        "",
-        "## Fitted orders and where each flow stops tracking",
-        "",
-    ]
-    rows = []
-    for case in result["cases"]:
-        for name, flow in case["flows"].items():
-            failures = [
-                r
-                for r in flow["measurements"]
-                if r["failure"] or any("failure" in (r[k] or {}) for k in ("local", "global"))
-            ]
-            rows.append(
-                [
-                    case["problem"],
-                    case["optimiser"],
-                    name,
-                    flow["expected"]["local"],
-                    _slope(flow["fits"]["local"]),
-                    flow["expected"]["global"],
-                    _slope(flow["fits"]["global"]),
-                    flow["tracks_up_to"] if flow["tracks_up_to"] else "never",
-                    flow["stops_tracking"] or "tracks on the whole grid",
-                    _failure_summary(failures),
-                ]
-            )
-    lines.append(
-        markdown_table(
-            [
-                "problem",
-                "optimiser",
-                "flow",
-                "local expected",
-                "local measured",
-                "global expected",
-                "global measured",
-                "tracks up to h*lambda",
-                "stops because",
-                "failures",
-            ],
-            rows,
-        )
-    )
-    drift_rows = [
-        [c["problem"], c["optimiser"], d["flow"], d["h_lambda"], d.get("relative_final")]
-        + [d.get("failure", "")]
-        for c in result["cases"]
-        for d in c["drift"]
-    ]
-    if drift_rows:
-        lines += [
-            "",
-            f"## Drift along a trajectory ({result['drift_steps']} steps)",
-            "",
-            markdown_table(
-                [
-                    "problem",
-                    "optimiser",
-                    "flow",
-                    "h*lambda",
-                    "final distance / ‖params‖",
-                    "failure",
-                ],
-                drift_rows,
-            ),
-        ]
-    if result["notes"]:
-        lines += ["", "## Notes", ""] + [f"- {note}" for note in result["notes"]]
-    if figures:
-        lines += ["", "## Figures", ""]
-        lines += [f"![{os.path.basename(p)}]({os.path.basename(p)})" for p in figures]
-    return "\n".join(lines) + "\n"
-
-
-def _edge(case) -> str:
-    edge = [float(k) for k, v in case["stability_index"].items() if v is not None and v >= 2]
-    return f"{min(edge):g}" if edge else "beyond grid"
-
-
-def _slope(fit_result) -> str:
-    if fit_result["slope"] is None or not np.isfinite(fit_result["slope"]):
-        return f"no fit ({fit_result['num_points']} usable points)"
-    return f"{fit_result['slope']:.2f} ± {fit_result['slope_stderr']:.2f}"
-
-
-def _failure_summary(failures) -> str:
-    if not failures:
-        return ""
-    first = failures[0]
-    message = first["failure"] or next(
-        first[k]["failure"] for k in ("local", "global") if "failure" in (first[k] or {})
-    )
-    message = message.replace("|", "/")[:120]
-    return f"{len(failures)} (from h*lambda={first['h_lambda']:g}: {message})"
 
 
 def run(preset_name: str, output: str = RESULTS_DIR, *, figures: bool = True, argv=()) -> dict:
@@ -702,6 +448,7 @@ def run(preset_name: str, output: str = RESULTS_DIR, *, figures: bool = True, ar
         "machine": machine_info(),
         "scaled_steps": list(preset.scaled_steps),
         "fit_max": FIT_MAX,
+        "global_fit_max": GLOBAL_FIT_MAX,
         "tracking_tolerance": TRACKING_TOLERANCE,
         "horizon": preset.horizon,
         "drift_steps": preset.drift_steps,

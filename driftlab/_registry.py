@@ -33,6 +33,7 @@ from .integrators import (
     GradientDescent,
     HeavyBall,
     Nesterov,
+    OrderAveragedSGDEpoch,
     RMSProp,
     SGDEpoch,
     SimultaneousGD,
@@ -145,8 +146,12 @@ def _full_batch(make_map):
     return build
 
 
-def _epoch(problem, hyper):
-    return SGDEpoch(problem.loss), problem.params, problem.batches(hyper["num_batches"])
+def _epoch(make_map):
+    def build(problem, hyper):
+        step = make_map(problem.loss)
+        return step, problem.params, problem.batches(hyper["num_batches"])
+
+    return build
 
 
 def _game(make_map):
@@ -159,6 +164,9 @@ def _game(make_map):
 
 _MOMENTUM = {"beta": Hyperparameter(0.5, "momentum coefficient", **_UNIT)}
 _EPS = Hyperparameter(1e-8, "epsilon of the preconditioner", **_NONNEGATIVE)
+_NUM_BATCHES = {
+    "num_batches": Hyperparameter(4, "batches per epoch", "an integer >= 1", lambda x: x >= 1)
+}
 _PLAYERS = {
     "alpha": Hyperparameter(1.0, "player one's step size, as a multiple of h", **_POSITIVE),
     "lam": Hyperparameter(1.0, "player two's step size, as a multiple of h", **_POSITIVE),
@@ -176,14 +184,18 @@ OPTIMISERS: dict[str, Optimiser] = {
         ),
         Optimiser(
             "sgd-epoch",
-            _epoch,
-            {
-                "num_batches": Hyperparameter(
-                    4, "batches per epoch", "an integer >= 1", lambda x: x >= 1
-                )
-            },
+            _epoch(SGDEpoch),
+            _NUM_BATCHES,
             _DATA_PROBLEMS,
             ("gradient", "sgd", "exact-batch-sgd", "modified"),
+        ),
+        # The mean over all m! batch orders (m! epochs per step): what `SGDFlow` models.
+        Optimiser(
+            "sgd-epoch-averaged",
+            _epoch(OrderAveragedSGDEpoch),
+            _NUM_BATCHES,
+            _DATA_PROBLEMS,
+            ("gradient", "sgd", "modified"),
         ),
         Optimiser(
             "heavy-ball",

@@ -161,3 +161,24 @@ def test_principal_order_on_mlp(kind):
         t_end=0.8,
     )
     assert estimate.agrees(0.3), str(estimate)
+
+
+@pytest.mark.parametrize("h_lambda", [1.5, 2.5])
+def test_measurements_with_a_complex_state_see_gd_on_the_flow(quadratic, h_lambda):
+    # Beyond h lambda = 1 the measurements solve the flow on a complex state and compare real
+    # parts: GD's iterates lie on the principal flow, so every error is at round-off.
+    problem, data = quadratic
+    h = h_lambda / problem.lambda_max
+    step, flow = dl.GradientDescent(problem.loss), dl.PrincipalFlow(problem.loss, h)
+    kwargs = dict(rtol=1e-14, atol=1e-14, complex_state=True)
+    local = dl.local_error(step, flow, problem.params, h, data, **kwargs)
+    total = dl.global_error(step, flow, problem.params, h, 4 * h, data, **kwargs)
+    drift = dl.drift(step, flow, problem.params, h, 4, data, **kwargs)
+    gd = np.asarray(dl.iterate(step, problem.params, h, 4, data))
+    assert total.num_steps == 4
+    assert local.error < 1e-10 * local.scale and total.error < 1e-10 * np.linalg.norm(gd[-1])
+    assert np.all(drift.errors < 1e-10 * np.linalg.norm(gd, axis=1))
+    assert np.allclose(drift.flow_norms, np.linalg.norm(gd, axis=1), rtol=1e-10)
+    # The same measurement on a real state is refused: the field is complex there.
+    with pytest.raises(dl.MeasurementError, match="complex128"):
+        dl.local_error(step, flow, problem.params, h, data)

@@ -87,8 +87,16 @@ def region_problem(step, flow, y0, args) -> str | None:
     return None
 
 
+def _flow_start(params: Y, complex_state: bool) -> Y:
+    """The flow's initial state: `params`, or a complex128 copy of them (`complex_state`)."""
+    if not complex_state:
+        return params
+    arrays, static = split(params)
+    return eqx.combine(jtu.tree_map(lambda leaf: jnp.asarray(leaf, jnp.complex128), arrays), static)
+
+
 def _compare(
-    step, flow, y0, h, num_steps, args, rtol, atol, on_slow_manifold=True
+    step, flow, y0, h, num_steps, args, rtol, atol, on_slow_manifold=True, complex_state=False
 ) -> ErrorMeasurement:
     problem = region_problem(step, flow, y0, args)
     if problem is not None:
@@ -97,7 +105,7 @@ def _compare(
     params0 = step.parameters(y0)
     y_map = step.parameters(advance(step, y0, h, num_steps, args))
     t = _flow_time(step, h, args, num_steps)
-    y_flow = solve(flow, params0, t, args=args, rtol=rtol, atol=atol)
+    y_flow = solve(flow, _flow_start(params0, complex_state), t, args=args, rtol=rtol, atol=atol)
     check_same_structure(y_flow, params0, "flow(t, y, args)", "the parameters of y0")
     difference = tree_sub(y_map, y_flow)
     if any(jnp.iscomplexobj(leaf) for leaf in jtu.tree_leaves(difference)):
@@ -140,6 +148,7 @@ def local_error(
     rtol: float = DEFAULT_RTOL,
     atol: float = DEFAULT_ATOL,
     on_slow_manifold: bool = True,
+    complex_state: bool = False,
 ) -> ErrorMeasurement:
     r"""One step of the map against the flow over the same time: $\|\Phi_h(y_0) - \varphi_h(y_0)\|$.
 
@@ -148,14 +157,16 @@ def local_error(
     parameters of `y0`; with `on_slow_manifold` (the default) the map starts
     from `flow.slow_state(params(y0), args)` where the flow defines one, so that
     the measured error is the flow's and not the transient of a badly
-    initialised buffer.
+    initialised buffer. With `complex_state` the flow is solved from a complex128
+    copy of the parameters and the real part of the difference is measured: the
+    principal flow (`driftlab.PrincipalFlow`) needs it where some $h\lambda_i > 1$.
 
     **Raises:** `InputError` for bad input; `MeasurementError` if the solve
     fails, or if the flow's slow manifold does not exist at this `h`
     (`flow.outside_region`: momentum and adaptive flows beyond their region).
     """
     h = _checked_inputs(step, flow, y0, h)
-    return _compare(step, flow, y0, h, 1, args, rtol, atol, on_slow_manifold)
+    return _compare(step, flow, y0, h, 1, args, rtol, atol, on_slow_manifold, complex_state)
 
 
 #: The most map steps one global-error measurement may take.
@@ -187,18 +198,19 @@ def global_error(
     rtol: float = DEFAULT_RTOL,
     atol: float = DEFAULT_ATOL,
     on_slow_manifold: bool = True,
+    complex_state: bool = False,
 ) -> ErrorMeasurement:
     r"""$n = \mathrm{round}(t_\text{end}/h)$ steps of the map against the flow over time $n h$.
 
     An order-`p` flow gives $O(h^{p+1})$. The flow time compared is exactly
     `num_steps * duration(h)` (recorded in the result as `t`). `on_slow_manifold`
-    as in `local_error`.
+    and `complex_state` as in `local_error`.
 
     **Raises:** as `local_error`.
     """
     h = _checked_inputs(step, flow, y0, h)
     num_steps = _num_steps(step, h, args, t_end)
-    return _compare(step, flow, y0, h, num_steps, args, rtol, atol, on_slow_manifold)
+    return _compare(step, flow, y0, h, num_steps, args, rtol, atol, on_slow_manifold, complex_state)
 
 
 class Drift(eqx.Module):
@@ -227,14 +239,20 @@ def drift(
     rtol: float = DEFAULT_RTOL,
     atol: float = DEFAULT_ATOL,
     on_slow_manifold: bool = True,
+    complex_state: bool = False,
 ) -> Drift:
-    r"""The error $\|\text{params}(y_k) - \varphi_{t_k}(\text{params}(y_0))\|$ for $k = 0..n$."""
+    r"""The error $\|\text{params}(y_k) - \varphi_{t_k}(\text{params}(y_0))\|$ for $k = 0..n$.
+
+    `on_slow_manifold` and `complex_state` as in `local_error` (with a complex
+    state, `flow_norms` are the norms of the real parts).
+    """
     h = _checked_inputs(step, flow, y0, h)
     y0 = starting_state(step, flow, y0, args, on_slow_manifold)
     ys = split(step.parameters(iterate(step, y0, h, n, args)))[0]
     times = np.arange(n + 1) * float(step.duration(h, args))
     params0 = step.parameters(y0)
-    flow_ys = split(solve(flow, params0, times[-1], ts=times, args=args, rtol=rtol, atol=atol))[0]
+    start = _flow_start(params0, complex_state)
+    flow_ys = split(solve(flow, start, times[-1], ts=times, args=args, rtol=rtol, atol=atol))[0]
     per_time = lambda tree: np.array(
         [float(tree_norm(jtu.tree_map(lambda leaf: jnp.real(leaf[k]), tree))) for k in range(n + 1)]
     )
