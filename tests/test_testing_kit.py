@@ -8,6 +8,7 @@ examples vary only spectra, seeds and step sizes.
 """
 
 import math
+import re
 from typing import ClassVar
 
 import equinox as eqx
@@ -67,10 +68,13 @@ def test_coefficients_off_by_a_tiny_relative_error_are_caught(relative_error):
     problem = dl.problems.quadratic(3, condition=4.0, seed=2)
     gd, make_flow = dl.GradientDescent(problem.loss), lambda h: dl.IGRFlow(problem.loss, h)
     dt.assert_coefficients_match(make_flow, gd, 1, problem.params, problem.data)
-    with pytest.raises(AssertionError, match=r"GradientDescent in f_1 \(rtol 1e-10\)"):
+    with pytest.raises(AssertionError, match=r"GradientDescent in f_1 \(rtol 1e-10\)") as info:
         dt.assert_coefficients_match(
             _mutant(make_flow, 1 + relative_error), gd, 1, problem.params, problem.data
         )
+    # The factor is shown with the digits that tell it from 1.
+    (factor,) = re.findall(r"f_1 is ([\d.]+) times the automatic one", str(info.value))
+    assert float(factor) == pytest.approx(1 + relative_error, rel=1e-9)
 
 
 # --- strategies and their guards --------------------------------------------------------

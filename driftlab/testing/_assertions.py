@@ -42,6 +42,18 @@ def _locate(tree, index: int) -> str:
     raise AssertionError("index outside the PyTree")  # unreachable: index comes from the tree
 
 
+def _factor(ratio: float) -> str:
+    """`ratio` to 6 digits, or as many as it takes to tell it from the nearest integer (a
+    factor 1 + 1e-8 is not "1 times"), unless it is that integer up to round-off."""
+    nearest = round(ratio)
+    if abs(ratio - nearest) <= 1e-12 * max(1.0, abs(ratio)):
+        return f"{ratio:.6g}"
+    return next(
+        (f"{ratio:.{d}g}" for d in (6, 9, 12) if float(f"{ratio:.{d}g}") != nearest),
+        f"{ratio:.15g}",
+    )
+
+
 class _Comparison:
     """The difference between two PyTrees of the same structure, summarised as evidence."""
 
@@ -71,7 +83,7 @@ class _Comparison:
                 f"{self.worst}."
             )
         kind = "a wrong sign" if np.isclose(self.ratio, -1.0) else "a wrong constant"
-        return f"{what} is {self.ratio:.6g} times {reference}: {kind}."
+        return f"{what} is {_factor(self.ratio)} times {reference}: {kind}."
 
 
 def assert_order(
