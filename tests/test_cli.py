@@ -191,11 +191,6 @@ def test_a_stability_warning_is_an_error_in_the_cli(tmp_path, capsys):
     assert not any(tmp_path.iterdir())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 15 part 4 (slow-manifold checks in HeavyBallFlow/order_of_accuracy) is on "
-    "another branch; today this exits 0 with slope 2.0. Remove this marker when it lands.",
-)
 def test_heavy_ball_without_a_slow_manifold_exits_2(tmp_path, capsys):
     # beta = 0.99: the slow manifold needs h * lambda < (1 - sqrt(beta))^2 = 2.5e-5.
     argv = ["order", "--problem", "quadratic", "--optimiser", "heavy-ball", "--flow"]
