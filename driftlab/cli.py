@@ -147,6 +147,12 @@ def bench(args):
         )
     if root not in sys.path:
         sys.path.insert(0, root)
+    if args.suite == "eos":
+        from benchmarks import eos
+
+        argv = ["--preset", args.preset] + (["--output", args.output] if args.output else [])
+        eos.run(args.preset, args.output or eos.RESULTS_DIR, argv=argv)
+        return
     from benchmarks import flow_error
 
     argv = ["--preset", args.preset] + (["--output", args.output] if args.output else [])
@@ -188,6 +194,12 @@ def build_parser():
     bench_parser = commands.add_parser("bench", help="Flow-approximation benchmark sweep.")
     bench_parser.add_argument("--preset", choices=["smoke", "fast", "full"], default="fast")
     bench_parser.add_argument("--output", help="directory (default: benchmarks/results)")
+    bench_parser.add_argument(
+        "--suite",
+        choices=["flows", "eos"],
+        default="flows",
+        help="flows: the flow-approximation sweep; eos: the edge-of-stability suite",
+    )
     bench_parser.set_defaults(func=bench)
     return parser
 
