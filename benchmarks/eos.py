@@ -15,6 +15,7 @@ while the loss still falls, and gradient flow leaving GD once EoS begins.
 
 import argparse
 import dataclasses
+import json
 import os
 import sys
 import time
@@ -53,11 +54,11 @@ class Case:
     name: str
     make_problem: Callable[[], dl.problems.Problem]
     hs: tuple[float, ...]
-    num_steps: int
-    every: int  # sharpness, accuracy and window starts every `every` steps
-    window: int  # GD steps per flow window
-    windows_per_phase: int  # windows before and after onset
-    principal_k: int  # Ritz pairs of the Lanczos principal flow
+    num_steps: int = 1500
+    every: int = 100  # sharpness, accuracy and window starts every `every` steps
+    window: int = 10  # GD steps per flow window
+    windows_per_phase: int = 1  # windows before and after onset
+    principal_k: int = 3  # Ritz pairs of the Lanczos principal flow
     flows: tuple[str, ...] = ("gradient", "igr", "modified-2", "principal")
 
 
@@ -78,36 +79,9 @@ def _presets():
         ),
     ]
     fast = [
-        Case(
-            "fc-digits",
-            lambda: fc_digits(width=200, depth=2, num_samples=1000),
-            (0.035,),
-            num_steps=1500,
-            every=100,
-            window=10,
-            windows_per_phase=2,
-            principal_k=3,
-        ),
-        Case(
-            "cnn-mnist1d",
-            lambda: cnn_mnist1d(num_samples=500),
-            (0.035,),
-            num_steps=1500,
-            every=100,
-            window=10,
-            windows_per_phase=2,
-            principal_k=3,
-        ),
-        Case(
-            "deep-linear",
-            lambda: deep_linear(dim=20, depth=10, num_samples=500),
-            (0.03,),
-            num_steps=1500,
-            every=100,
-            window=10,
-            windows_per_phase=2,
-            principal_k=3,
-        ),
+        Case("fc-digits", lambda: fc_digits(width=200, depth=2, num_samples=1000), (0.035,)),
+        Case("cnn-mnist1d", lambda: cnn_mnist1d(num_samples=500), (0.035,)),
+        Case("deep-linear", lambda: deep_linear(dim=20, depth=10, num_samples=500), (0.03,)),
     ]
     full = [
         dataclasses.replace(
@@ -486,8 +460,19 @@ def figures(result, output) -> list[str]:
     return names
 
 
-def run(preset: str, output: str = RESULTS_DIR, argv=()) -> dict:
-    cases = _presets()[preset]
+def report(result, output) -> dict:
+    """Figures, JSON and Markdown of a finished result (also of merged partial runs)."""
+    result["verdict"] = overall_verdict(result["runs"])
+    os.makedirs(output, exist_ok=True)
+    result["figures"] = figures(result, output)
+    write_json_atomic(result, os.path.join(output, "eos.json"))
+    write_text_atomic(markdown(result), os.path.join(output, "eos.md"))
+    print(f"verdict: {result['verdict']}", file=sys.stderr)
+    return result
+
+
+def run(preset: str, output: str = RESULTS_DIR, argv=(), problems=None) -> dict:
+    cases = [c for c in _presets()[preset] if problems is None or c.name in problems]
     progress = Progress()
     cpu_start = time.process_time()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
@@ -502,25 +487,37 @@ def run(preset: str, output: str = RESULTS_DIR, argv=()) -> dict:
         "hover_band": HOVER_BAND,
         "leave_factor": LEAVE_FACTOR,
         "runs": runs,
-        "verdict": overall_verdict(runs),
         "seconds": progress.elapsed,
         "cpu_seconds": time.process_time() - cpu_start,
     }
-    os.makedirs(output, exist_ok=True)
-    result["figures"] = figures(result, output)
-    write_json_atomic(result, os.path.join(output, "eos.json"))
-    write_text_atomic(markdown(result), os.path.join(output, "eos.md"))
-    print(f"verdict: {result['verdict']}", file=sys.stderr)
-    return result
+    return report(result, output)
+
+
+def merge(paths, output) -> dict:
+    """One report from several partial results (e.g. one process per problem)."""
+    parts = [json.loads(open(path).read()) for path in paths]
+    result = parts[0] | {
+        "command": " ; ".join(part["command"] for part in parts),
+        "runs": [run for part in parts for run in part["runs"]],
+        "seconds": max(part["seconds"] for part in parts),
+        "cpu_seconds": sum(part["cpu_seconds"] for part in parts),
+        "load_average": max(part["load_average"] for part in parts),
+    }
+    return report(result, output)
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", choices=["smoke", "fast", "full"], default="fast")
     parser.add_argument("--output", default=RESULTS_DIR)
+    parser.add_argument("--problems", nargs="+", help="run only these problems of the preset")
+    parser.add_argument("--merge", nargs="+", help="merge these eos.json files into one report")
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
-    run(args.preset, args.output, argv)
+    if args.merge:
+        merge(args.merge, args.output)
+    else:
+        run(args.preset, args.output, argv, args.problems)
 
 
 if __name__ == "__main__":

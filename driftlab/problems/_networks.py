@@ -280,28 +280,30 @@ def deep_linear(
     dim: int = 50,
     depth: int = 20,
     num_samples: int = 1000,
+    init_scale: float = 1.0,
     init_noise: float = 0.1,
     seed: int = 0,
 ) -> Problem:
     r"""A deep linear network $x \mapsto W_D\cdots W_1 x$ regressing a random linear map.
 
     `depth` bias-free `dim` x `dim` layers ($D d^2$ parameters: 50,000 for
-    Cohen et al.'s $d = 50$, $D = 20$), initialised near the identity,
-    $W_l = I + \sigma G_l$ with $G_l$ normal of variance $1/d$ and
-    $\sigma$ = `init_noise` (random layers of variance $1/d$ would start
-    with a product, and a sharpness, that grow exponentially in the depth);
+    Cohen et al.'s $d = 50$, $D = 20$), initialised at a scaled identity,
+    $W_l = sI + \sigma G_l$ with $s$ = `init_scale`, $G_l$ normal of
+    variance $1/d$ and $\sigma$ = `init_noise` (random layers of variance
+    $1/d$ would start with a product, and a sharpness, that grow
+    exponentially in the depth; $s < 1$ starts the product small, near $s^D I$);
     inputs $x_i \sim N(0, I_d)$ and targets $y_i = A x_i$ with $A$ normal
     with variance $1/d$, all drawn with `seed`. The loss is the half squared
     error averaged over the `num_samples` examples (`NetworkLoss(kind="mse")`).
-    Training moves the product from $I$ to $A$, and the sharpness rises
-    with it (about $D\,\sigma_{max}(A)^{2 - 2/D}$ at a balanced solution).
+    Training moves the product from near $s^D I$ to $A$, and the sharpness
+    rises with it (about $D\,\sigma_{max}(A)^{2 - 2/D}$ at a balanced solution).
     """
     _check_positive(dim=dim, depth=depth, num_samples=num_samples)
     key_data, key_target, key_params = jr.split(jr.key(seed), 3)
     inputs = jr.normal(key_data, (num_samples, dim))
     target_map = jr.normal(key_target, (dim, dim)) / np.sqrt(dim)
     noise = _dense_layers(key_params, [dim] * (depth + 1), bias=False)
-    params = [{"W": jnp.eye(dim) + init_noise * layer["W"]} for layer in noise]
+    params = [{"W": init_scale * jnp.eye(dim) + init_noise * layer["W"]} for layer in noise]
     data = {"x": inputs, "y": inputs @ target_map}
     return Problem(
         name="deep-linear",
