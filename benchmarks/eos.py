@@ -471,8 +471,12 @@ def report(result, output) -> dict:
     return result
 
 
-def run(preset: str, output: str = RESULTS_DIR, argv=(), problems=None) -> dict:
+def run(preset: str, output: str = RESULTS_DIR, argv=(), problems=None, flows=None) -> dict:
     cases = [c for c in _presets()[preset] if problems is None or c.name in problems]
+    if flows is not None:
+        cases = [
+            dataclasses.replace(c, flows=tuple(f for f in c.flows if f in flows)) for c in cases
+        ]
     progress = Progress()
     cpu_start = time.process_time()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
@@ -511,13 +515,14 @@ def main(argv=None):
     parser.add_argument("--preset", choices=["smoke", "fast", "full"], default="fast")
     parser.add_argument("--output", default=RESULTS_DIR)
     parser.add_argument("--problems", nargs="+", help="run only these problems of the preset")
+    parser.add_argument("--flows", nargs="+", help="compare only these flows")
     parser.add_argument("--merge", nargs="+", help="merge these eos.json files into one report")
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
     if args.merge:
         merge(args.merge, args.output)
     else:
-        run(args.preset, args.output, argv, args.problems)
+        run(args.preset, args.output, argv, args.problems, args.flows)
 
 
 if __name__ == "__main__":
