@@ -182,6 +182,12 @@ def bench(args):
         )
     if root not in sys.path:
         sys.path.insert(0, root)
+    if args.suite == "eos":
+        from benchmarks import eos
+
+        argv = ["--preset", args.preset] + (["--output", args.output] if args.output else [])
+        eos.run(args.preset, args.output or eos.RESULTS_DIR, argv=argv)
+        return
     from benchmarks import flow_error
 
     argv = ["--preset", args.preset] + (["--output", args.output] if args.output else [])
@@ -286,6 +292,12 @@ def build_parser():
         help="size of the sweep: smoke (a check that it runs), fast, or full",
     )
     bench_parser.add_argument("--output", help="directory (default: benchmarks/results)")
+    bench_parser.add_argument(
+        "--suite",
+        choices=["flows", "eos"],
+        default="flows",
+        help="flows: the flow-approximation sweep; eos: the edge-of-stability suite",
+    )
     bench_parser.set_defaults(func=bench)
     _weak_cli.register(commands)
     return parser

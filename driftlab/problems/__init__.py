@@ -12,6 +12,17 @@ from ._games import (
     tanh_game as tanh_game,
     tanh_game_losses as tanh_game_losses,
 )
+from ._networks import (
+    cnn_mnist1d as cnn_mnist1d,
+    cnn_num_params as cnn_num_params,
+    Conv1D as Conv1D,
+    deep_linear as deep_linear,
+    fc_digits as fc_digits,
+    fc_num_params as fc_num_params,
+    fc_synthetic as fc_synthetic,
+    FullyConnected as FullyConnected,
+    NetworkLoss as NetworkLoss,
+)
 from ._problem import AbstractProblem as AbstractProblem, Problem as Problem
 from ._quadratic import (
     quadratic as quadratic,

@@ -1,0 +1,110 @@
+"""The edge-of-stability suite: the smoke preset end to end, the verdict logic on known series."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+from jax.flatten_util import ravel_pytree
+
+from benchmarks import eos
+from driftlab.cli import build_parser
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    output = tmp_path_factory.mktemp("eos")
+    return output, eos.run("smoke", str(output), argv=["--preset", "smoke"])
+
+
+@pytest.mark.slow
+def test_smoke_writes_json_markdown_and_figures(smoke):
+    output, result = smoke
+    on_disk = json.loads((output / "eos.json").read_text())
+    assert on_disk == json.loads(json.dumps(result))
+    assert (output / "eos.md").read_text().startswith("# Edge-of-stability suite (smoke)")
+    assert result["figures"]
+    for name in result["figures"]:
+        assert (output / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+def test_smoke_records_are_consistent(smoke):
+    _, result = smoke
+    (run,) = result["runs"]
+    (case,) = eos._presets()["smoke"]
+    assert len(run["losses"]) == case.num_steps
+    for point in run["checkpoints"][:-1]:
+        # The loss at a checkpoint is the loss GD's scan saw before that step's update.
+        assert point["loss"] == pytest.approx(run["losses"][point["step"]], rel=1e-12)
+    crossed = [p["step"] for p in run["checkpoints"] if p["sharpness"] >= 2 / run["h"]]
+    assert run["onset_step"] == (crossed[0] if crossed else None)
+    for windows in run["windows"].values():
+        assert windows and all("failure" not in w for w in windows)
+        for w in windows:
+            assert w["phase"] == "before" or w["start"] >= run["onset_step"]
+
+
+@pytest.mark.slow
+def test_initial_sharpness_is_the_dense_top_eigenvalue(smoke):
+    _, result = smoke
+    (case,) = eos._presets()["smoke"]
+    problem = case.make_problem()
+    flat, unravel = ravel_pytree(problem.params)
+    hessian = jax.hessian(lambda x: problem.loss(unravel(x), problem.data))(flat)
+    top = np.linalg.eigvalsh(np.asarray(hessian))[-1]
+    assert result["runs"][0]["checkpoints"][0]["sharpness"] == pytest.approx(top, rel=1e-8)
+
+
+@pytest.mark.slow
+def test_below_eos_igr_follows_gd_better_than_gradient_flow(smoke):
+    # Backward error analysis: IGR's window error is O(h^2) per unit time, gradient flow's O(h).
+    _, result = smoke
+    windows = result["runs"][0]["windows"]
+    for gradient, igr in zip(windows["gradient"], windows["igr"]):
+        assert gradient["phase"] == "before"
+        assert igr["relative_distance"] < 0.5 * gradient["relative_distance"]
+
+
+def _synthetic_run(ratios, losses, gradient_before, gradient_after, h=0.1, every=10):
+    steps = every * np.arange(len(ratios))
+    onset = next((int(s) for s, r in zip(steps, ratios) if r >= 1), None)
+    windows = [{"phase": "before", "relative_distance": d, "distance": d} for d in gradient_before]
+    windows += [{"phase": "after", "relative_distance": d, "distance": d} for d in gradient_after]
+    return {
+        "h": h,
+        "checkpoints": [{"step": int(s), "sharpness": 2 * r / h} for s, r in zip(steps, ratios)],
+        "onset_step": onset,
+        "losses": list(losses),
+        "windows": {"gradient": windows},
+    }
+
+
+def test_verdict_recognises_the_edge_of_stability():
+    ratios = [0.5, 0.7, 0.9, 1.02, 0.97, 1.05, 1.0, 0.99]
+    losses = np.linspace(1.0, 0.1, 80)
+    verdict = eos.verdicts(_synthetic_run(ratios, losses, [0.01, 0.02], [0.2, 0.3]))
+    assert verdict["reached_eos"] and verdict["progressive_sharpening"]
+    assert verdict["hovering"] and verdict["loss_still_falls"]
+    assert verdict["gradient_flow_factor"] == pytest.approx(0.25 / 0.015)
+    assert verdict["gradient_flow_leaves"]
+
+
+def test_verdict_rejects_what_is_not_the_edge_of_stability():
+    # Starts at the edge (no sharpening), overshoots 2/h by 30%, loss rises, GF keeps tracking.
+    ratios = [1.0, 1.3, 1.3, 1.25, 1.3]
+    losses = np.linspace(0.1, 1.0, 50)
+    verdict = eos.verdicts(_synthetic_run(ratios, losses, [0.01], [0.02]))
+    assert not verdict["progressive_sharpening"]
+    assert not verdict["hovering"]
+    assert not verdict["loss_still_falls"]
+    assert not verdict["gradient_flow_leaves"]
+    never = eos.verdicts(_synthetic_run([0.2, 0.5, 0.8], np.ones(30), [0.1], []))
+    assert never == {"reached_eos": False, "initial_ratio": 0.2}
+    assert eos.overall_verdict([{"verdict": never}])["hovering"] is False
+
+
+def test_cli_selects_the_suite():
+    args = build_parser().parse_args(["bench", "--suite", "eos", "--preset", "smoke"])
+    assert (args.suite, args.preset) == ("eos", "smoke")
+    assert build_parser().parse_args(["bench"]).suite == "flows"
