@@ -21,8 +21,16 @@ def split(tree):
 
 
 def array_leaves(tree) -> list:
-    """The array leaves of `tree` (the ones driftlab moves and differentiates)."""
-    return [leaf for leaf in jtu.tree_leaves(tree) if eqx.is_array(leaf)]
+    """The array leaves of `tree` (the ones driftlab moves and differentiates).
+
+    Shape-only stand-ins (`jax.ShapeDtypeStruct`, from `eqx.filter_eval_shape`) count
+    as arrays, so that structure and dtype checks see an abstract output whole.
+    """
+    return [
+        leaf
+        for leaf in jtu.tree_leaves(tree)
+        if eqx.is_array(leaf) or isinstance(leaf, jax.ShapeDtypeStruct)
+    ]
 
 
 def ravel(tree):
