@@ -53,7 +53,15 @@ def test_measurements_inside_the_stable_region_succeed_with_their_orders(smoke):
     # measurement, and each flow's fitted slopes must be its order + 2 (local), + 1 (global).
     _, result = smoke
     (case,) = result["cases"]
-    assert set(case["flows"]) == {"gradient", "igr", "modified-2"}
+    assert set(case["flows"]) == {"gradient", "igr", "modified-2", "principal"}
+    # The principal flow is GD's exact flow on a quadratic ((1/h) logm(I - hA), complex state
+    # beyond h lambda = 1): every point, on both sides of 1 and of 2, is at round-off.
+    principal = case["flows"].pop("principal")
+    assert principal["complex_state"] and principal["tracks_up_to"] == max(result["scaled_steps"])
+    for m in principal["measurements"]:
+        assert m["failure"] is None
+        for kind in ("local", "global"):
+            assert m[kind]["relative_error"] < 1e-11 and m[kind]["at_floor"], (m["h_lambda"], kind)
     for name, flow in case["flows"].items():
         stable = [m for m in flow["measurements"] if m["h_lambda"] < 1]
         assert len(stable) == 4
@@ -61,7 +69,8 @@ def test_measurements_inside_the_stable_region_succeed_with_their_orders(smoke):
             assert m["failure"] is None and m["order"] == flow["order"], name
             for kind in ("local", "global"):
                 assert "failure" not in m[kind] and m[kind]["error"] > 10 * m[kind]["floor"]
-        assert flow["expected"] == {"local": flow["order"] + 2, "global": flow["order"] + 1}
+        assert flow["expected"]["local"] == flow["order"] + 2, name
+        assert flow["expected"]["global"] == flow["order"] + 1, name
         for kind in ("local", "global"):
             fitted = flow["fits"][kind]
             assert fitted["num_points"] >= 3, (name, kind)
