@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import jax.random as jr
 from jax.flatten_util import ravel_pytree
-from jaxtyping import Array, Float
+from jaxtyping import Array, Float, Int
 
 from .._custom_types import Args, RealScalarLike, Scalar, Y
 from .._errors import InputError
@@ -35,6 +35,7 @@ class CentralQuantities(eqx.Module):
     - `loss`: $L(w)$; `predicted_loss`: $L(w) + \tfrac12\langle H, \Sigma\rangle$,
       the central flow's prediction of GD's time-averaged loss.
     - `velocity`: the field $\dot w$ (ravelled).
+    - `lanczos_products`: the Hessian-vector products Lanczos spent.
     """
 
     eigenvalues: Float[Array, " k"]
@@ -44,6 +45,7 @@ class CentralQuantities(eqx.Module):
     loss: Float[Array, ""]
     predicted_loss: Float[Array, ""]
     velocity: Float[Array, " n"]
+    lanczos_products: Int[Array, ""]
 
 
 def third_derivative_rows(grad_flat, w: Array, vectors: Array) -> Array:
@@ -168,7 +170,7 @@ class CentralFlow(AbstractFlow):
         k = min(self.k, w.size)
         cap = min(self.num_iterations or k + 40, w.size)
         start = jr.normal(jr.key(0), w.shape, w.dtype)
-        eigenvalues, vectors, _, _ = eigsh(hvp, start, k, max_iterations=cap, tol=1e-10)
+        eigenvalues, vectors, _, products = eigsh(hvp, start, k, max_iterations=cap, tol=1e-10)
         rows = third_derivative_rows(grad_flat, w, vectors)
         gap = 2 / self.h - eigenvalues
         q = 0.5 * rows @ rows.T
@@ -191,6 +193,7 @@ class CentralFlow(AbstractFlow):
             loss=loss,
             predicted_loss=loss + 0.5 * jnp.sum(jnp.diag(X) * eigenvalues),
             velocity=velocity,
+            lanczos_products=products,
         )
 
     def __call__(self, t: RealScalarLike, y: Y, args: Args) -> Y:
