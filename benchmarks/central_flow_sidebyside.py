@@ -178,6 +178,10 @@ def main():
             "theirs_final": float(their_sharp[-1, 0]),
             "max_abs_difference": float(np.max(np.abs(ours_sharp[:, 0] - their_sharp[:, 0]))),
         },
+        "first_step_with_X_nonzero": {
+            "ours": int(np.argmax(ours_trace > 0)),
+            "theirs": int(np.argmax(their_trace > 0)),
+        },
         "trace_X": {
             "ours_final": float(ours_trace[-1]),
             "theirs_final": float(their_trace[-1]),

@@ -63,7 +63,7 @@ def _reference_sdcp(q, c, k, iterations=3_000):
     return x
 
 
-@pytest.mark.parametrize("k", [2, 3, 4, 6])
+@pytest.mark.parametrize("k", [2, pytest.param(3, marks=pytest.mark.slow), 4, 6])
 def test_sdcp_matches_projected_gradient_on_random_instances(k):
     rng = np.random.default_rng(k)
     m = k * (k + 1) // 2
@@ -119,6 +119,7 @@ def test_third_derivative_rows_match_finite_differences_of_hvps():
         np.testing.assert_allclose(row, weight * difference, rtol=0, atol=1e-8)
 
 
+@pytest.mark.slow
 def test_below_the_threshold_the_field_is_gradient_flow():
     loss, params, data = _swish_mlp()
     lam = dl.lambda_max(loss, params, data)
@@ -156,6 +157,7 @@ def test_sharpness_is_held_at_two_over_h():
     assert float(quantities.predicted_loss[-1]) > float(quantities.loss[-1])
 
 
+@pytest.mark.slow
 def test_no_central_flow_beyond_the_edge_on_a_quadratic():
     quad = dl.problems.quadratic(4, condition=5.0, lambda_max=1.0, seed=0)
     flow = dl.CentralFlow(quad.loss, 2.5, k=1)  # h lambda = 2.5 and no third derivative

@@ -15,7 +15,9 @@ cone brings the iterate close, then semismooth Newton on the natural residual
 $F(x) = x - \Pi_{\succeq 0}(x - \mathcal Q x - c)$ (the projection's generalised
 Jacobian is $V(\Omega\circ V^\top\!\cdot V)V^\top$ in the eigenbasis of its
 argument) polishes it to round-off; a Newton step is kept only if it lowers
-$\|F\|$. At $k = 1$ the closed form $x = \max(0, -c/q)$ is used.
+$\|F\|$, and the polish stops at the first step that does not. At $k = 1$ the
+closed form $x = \max(0, -c/q)$ is used; when $C \succeq 0$, $X = 0$ without
+iterating.
 """
 
 import jax
@@ -25,6 +27,8 @@ from jaxtyping import Array, Float
 
 #: FISTA iterations before the Newton polish.
 GRADIENT_ITERATIONS = 300
+#: FISTA stops once a step moves the iterate by less than this (relative); Newton polishes.
+STEP_TOLERANCE = 1e-9
 #: Semismooth Newton iterations of the polish.
 NEWTON_ITERATIONS = 12
 
@@ -85,22 +89,39 @@ def solve_sdcp(q: Float[Array, "m m"], c: Float[Array, " m"], k: int) -> Float[A
     """
     if k == 1:
         return jnp.where(c[0] < 0, -c / q[0, 0], 0.0)
+    # X = 0 solves it whenever C is PSD (below the threshold): skip the iterations.
+    return jax.lax.cond(
+        jnp.linalg.eigvalsh(smat(c, k))[0] >= 0,
+        lambda: jnp.zeros_like(c),
+        lambda: _iterate(q, c, k),
+    )
+
+
+def _iterate(q, c, k):
     # The solution is invariant under scaling (Q, c) together; scale Q to norm 1.
     scale = jnp.linalg.eigvalsh(q)[-1]
     q, c = q / scale, c / scale
 
-    def fista(_, carry):
-        x, y, t = carry
+    def fista(carry):
+        x, y, t, _, count = carry
         x_new = _project(y - (q @ y + c), k)
         t_new = (1 + jnp.sqrt(1 + 4 * t**2)) / 2
         restart = jnp.dot(y - x_new, x_new - x) > 0
         momentum = jnp.where(restart, 0.0, (t - 1) / t_new)
-        return x_new, x_new + momentum * (x_new - x), jnp.where(restart, 1.0, t_new)
+        change = jnp.linalg.norm(x_new - x)
+        t_next = jnp.where(restart, 1.0, t_new)
+        return x_new, x_new + momentum * (x_new - x), t_next, change, count + 1
+
+    def going(carry):
+        x, _, _, change, count = carry
+        return (count < GRADIENT_ITERATIONS) & (change > STEP_TOLERANCE * (1 + jnp.linalg.norm(x)))
 
     x0 = _project(-c, k)
-    x = jax.lax.fori_loop(0, GRADIENT_ITERATIONS, fista, (x0, x0, jnp.ones((), c.dtype)))[0]
+    one = jnp.ones((), c.dtype)
+    x = jax.lax.while_loop(going, fista, (x0, x0, one, one, 0))[0]
 
-    def newton(_, x):
+    def newton(carry):
+        x, _, count = carry
         z = x - q @ x - c
         residual = x - _project(z, k)
         jacobian = jnp.eye(c.size, dtype=c.dtype) - _projection_jacobian(z, k) @ (
@@ -110,6 +131,8 @@ def solve_sdcp(q: Float[Array, "m m"], c: Float[Array, " m"], k: int) -> Float[A
         better = jnp.all(jnp.isfinite(candidate)) & (
             natural_residual(candidate, q, c, k) < jnp.linalg.norm(residual)
         )
-        return jnp.where(better, candidate, x)
+        return jnp.where(better, candidate, x), better, count + 1
 
-    return jax.lax.fori_loop(0, NEWTON_ITERATIONS, newton, x)
+    # Stop at the first step that does not lower the residual (round-off reached).
+    improving = lambda carry: carry[1] & (carry[2] < NEWTON_ITERATIONS)
+    return jax.lax.while_loop(improving, newton, (x, jnp.asarray(True), 0))[0]
