@@ -26,6 +26,8 @@ from jaxtyping import Array, Float
 
 Matvec = Callable[[Array], Array]
 
+#: The convergence test runs every this many Lanczos steps.
+_CHECK_EVERY = 4
 #: A Krylov vector whose norm falls below this times the operator's scale ends the run.
 _BREAKDOWN = 1e-13
 
@@ -83,15 +85,21 @@ def _lanczos_run(hvp, start, max_iterations, tol, k, which):
         values, vectors = jnp.linalg.eigh(tridiagonal(alphas, betas, size, scale))
         return values, vectors, betas[jnp.maximum(size - 1, 0)]
 
-    def converged(carry):
-        size, scale, exhausted = carry[6], carry[7], carry[8]
-        if tol is None:
-            return exhausted
+    def residuals_small(carry):
+        size, scale = carry[6], carry[7]
         values, vectors, beta_last = ritz(carry)
         index = _select(values, which, k)
         residual = jnp.abs(beta_last * vectors[size - 1, index])
-        small = residual <= tol * jnp.maximum(jnp.abs(values[index]), 1e-3 * scale)
-        return exhausted | ((size >= k) & jnp.all(small))
+        return jnp.all(residual <= tol * jnp.maximum(jnp.abs(values[index]), 1e-3 * scale))
+
+    def converged(carry):
+        size, exhausted = carry[6], carry[8]
+        if tol is None:
+            return exhausted
+        # The m x m eigensolve of the test costs more than a cheap product: test every
+        # `_CHECK_EVERY` steps only.
+        due = (size >= k) & (size % _CHECK_EVERY == 0)
+        return exhausted | jax.lax.cond(due, residuals_small, lambda _: False, carry)
 
     def cond(carry):
         return (carry[6] < m) & ~converged(carry)
