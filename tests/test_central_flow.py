@@ -91,7 +91,7 @@ def test_sdcp_closed_forms():
     # coordinates and C diagonal give X = diag(max(0, -c_i / q_i)).
     q_diag = jnp.array([2.0, 1.0, 3.0, 0.5, 4.0, 1.5])  # svec order (0,0),(0,1),(0,2),(1,1),...
     c = svec(jnp.diag(jnp.array([-3.0, 1.0, -2.0])))
-    X = smat(solve_sdcp(jnp.diag(q_diag), c, 3), 3)
+    X = smat(jax.jit(solve_sdcp, static_argnums=2)(jnp.diag(q_diag), c, 3), 3)
     np.testing.assert_allclose(X, np.diag([1.5, 0.0, 2.0 / 1.5]), atol=1e-14)
 
 
