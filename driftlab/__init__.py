@@ -43,6 +43,7 @@ from .flows import (
     AbstractSeriesFlow as AbstractSeriesFlow,
     AdamFlow as AdamFlow,
     AlternatingGameFlow as AlternatingGameFlow,
+    CentralFlow as CentralFlow,
     CorrectedField as CorrectedField,
     DrivenStepMap as DrivenStepMap,
     ExactBatchSGDFlow as ExactBatchSGDFlow,

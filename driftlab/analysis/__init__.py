@@ -22,6 +22,12 @@ from ._spectra import (
     lambda_max as lambda_max,
     stability_index as stability_index,
 )
+from ._time_average import (
+    averaging_weights as averaging_weights,
+    distance_to_time_average as distance_to_time_average,
+    time_average as time_average,
+    TimeAverageDistance as TimeAverageDistance,
+)
 from ._weak import (
     weak_error as weak_error,
     weak_order_of_accuracy as weak_order_of_accuracy,

@@ -12,6 +12,7 @@ from jaxtyping import Array, Float
 
 from .._custom_types import Args, RealScalarLike, Scalar, Y
 from .._errors import InputError
+from .._lanczos import lanczos
 from ._base import AbstractFlow
 
 
@@ -36,47 +37,6 @@ def principal_coefficient(x: Array, *, complex_: bool) -> Array:
     else:
         value = jnp.log1p(-safe) / safe
     return jnp.where(small, -1 - x / 2 - x**2 / 3, value)
-
-
-def lanczos(hvp: Callable[[Array], Array], start: Array, num_iterations: int):
-    r"""`num_iterations` steps of Lanczos with full reorthogonalisation, jittable.
-
-    **Returns:** `(ritz_values, ritz_vectors)`, ascending, with the Ritz vectors as
-    columns, from the Krylov space $\mathcal K(H, \text{start})$. If the Krylov
-    space is exhausted early, the extra Ritz vectors are zero.
-    """
-    n = start.size
-    norm0 = jnp.linalg.norm(start)
-    q0 = jnp.where(norm0 > 0, start / jnp.where(norm0 > 0, norm0, 1.0), 0.0)
-
-    def body(j, carry):
-        basis, alphas, betas, q, q_prev, beta_prev, scale = carry
-        basis = basis.at[j].set(q)
-        w = hvp(q)
-        alpha = q @ w
-        w = w - alpha * q - beta_prev * q_prev
-        w = w - basis.T @ (basis @ w)
-        w = w - basis.T @ (basis @ w)
-        beta = jnp.linalg.norm(w)
-        scale = jnp.maximum(scale, jnp.abs(alpha) + beta)
-        alive = beta > 1e-10 * scale
-        q_next = jnp.where(alive, w / jnp.where(alive, beta, 1.0), 0.0)
-        beta = jnp.where(alive, beta, 0.0)
-        return basis, alphas.at[j].set(alpha), betas.at[j].set(beta), q_next, q, beta, scale
-
-    carry = (
-        jnp.zeros((num_iterations, n), start.dtype),
-        jnp.zeros(num_iterations, start.dtype),
-        jnp.zeros(num_iterations, start.dtype),
-        q0,
-        jnp.zeros_like(q0),
-        jnp.zeros((), start.dtype),
-        jnp.zeros((), start.dtype),
-    )
-    basis, alphas, betas = jax.lax.fori_loop(0, num_iterations, body, carry)[:3]
-    tridiagonal = jnp.diag(alphas) + jnp.diag(betas[:-1], 1) + jnp.diag(betas[:-1], -1)
-    values, vectors = jnp.linalg.eigh(tridiagonal)
-    return values, basis.T @ vectors
 
 
 class PrincipalFlow(AbstractFlow):

@@ -1,0 +1,238 @@
+"""driftlab's CentralFlow next to the authors' implementation (central_flows_jax), same start.
+
+The authors' example: a swish MLP 8-16-16-1 on 128 random regression points, MSE,
+GD with h = 0.1, 1000 steps, k = 5, four Euler substeps per step. Their package
+solves the SDCP on the host with cvxpy/CVXOPT, so it runs in its own environment:
+
+    python -m venv /tmp/cf_venv
+    /tmp/cf_venv/bin/pip install jax jaxtyping cvxpy cvxopt numpy
+    /tmp/cf_venv/bin/pip install --no-deps <checkout of github.com/alex-damian/central_flows_jax>
+    python -m benchmarks.central_flow_sidebyside --authors-python /tmp/cf_venv/bin/python
+
+Nothing of theirs is vendored: this script writes the start point to a file, and a
+short driver (below) calls their public `Flow.central` from that environment.
+Writes `benchmarks/results/central_flow.{json,md}`. Not part of CI.
+"""
+
+import argparse
+import os
+import subprocess
+import tempfile
+import textwrap
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.flatten_util import ravel_pytree
+
+import driftlab as dl
+from driftlab._io import machine_info, write_json_atomic
+
+from ._common import fmt, markdown_table, RESULTS_DIR, write_text_atomic
+
+
+SIZES = (8, 16, 16, 1)
+
+DRIVER = textwrap.dedent(
+    """
+    import sys, time
+    import numpy as np
+    import jax, jax.numpy as jnp
+    jax.config.update("jax_enable_x64", True)
+    from central_flows_jax import Flow, GradientDescent
+
+    data = np.load(sys.argv[1])
+    x, y, p0 = (jnp.asarray(data[name]) for name in ("x", "y", "p0"))
+    sizes, lr = tuple(int(n) for n in data["sizes"]), float(data["lr"])
+    steps, k = int(data["steps"]), int(data["k"])
+
+    def unravel(p):
+        layers, i = [], 0
+        for a, b in zip(sizes[:-1], sizes[1:]):
+            layers.append((p[i : i + a * b].reshape(a, b), p[i + a * b : i + a * b + b]))
+            i += a * b + b
+        return layers
+
+    def loss_fn(p):
+        h = x
+        for n, (w, b) in enumerate(unravel(p)):
+            h = h @ w + b
+            if n < len(sizes) - 2:
+                h = jax.nn.swish(h)
+        return jnp.mean((h[:, 0] - y) ** 2)
+
+    opt = GradientDescent(lr=lr)
+    flow = Flow(loss_fn, opt)
+    U0 = jnp.asarray(data["U0"])
+    central = (p0, opt.init(p0), U0)
+    ws, losses, eigs, xs, d2, seconds = [np.asarray(p0)], [], [], [], [], []
+    for step in range(steps):
+        tic = time.perf_counter()
+        central, aux = flow.central(*central)
+        jax.block_until_ready(central[0])
+        seconds.append(time.perf_counter() - tic)
+        ws.append(np.asarray(central[0]))
+        losses.append(float(aux["L"]))
+        eigs.append(np.asarray(aux["eigs"]))
+        xs.append(np.asarray(aux["X"]))
+        d2.append(int(aux["counts"]["d2L"]))
+    np.savez(sys.argv[2], ws=np.stack(ws), loss=np.array(losses), eigs=np.stack(eigs),
+             X=np.stack(xs), d2L=np.array(d2), seconds=np.array(seconds))
+    """
+)
+
+
+def problem(seed: int = 0):
+    """The authors' setting, with our own seeded draw of data and start."""
+    keys = jax.random.split(jax.random.key(seed), 2 + len(SIZES))
+    x = jax.random.normal(keys[0], (128, SIZES[0]))
+    y = jax.random.normal(keys[1], (128,))
+    params = [
+        (jax.random.normal(key, (a, b)) / jnp.sqrt(a), jnp.zeros(b))  # LeCun normal, zero bias
+        for key, a, b in zip(keys[2:], SIZES[:-1], SIZES[1:])
+    ]
+    flat, unravel = ravel_pytree(params)
+
+    def loss(p, data):
+        hidden = data[0]
+        for n, (w, b) in enumerate(unravel(p)):
+            hidden = hidden @ w + b
+            if n < len(SIZES) - 2:
+                hidden = jax.nn.swish(hidden)
+        return jnp.mean((hidden[:, 0] - data[1]) ** 2)
+
+    return loss, flat, (x, y)
+
+
+def run_authors(python, x, y, p0, lr, steps, k, workdir):
+    inputs, outputs, driver = (os.path.join(workdir, n) for n in ("in.npz", "out.npz", "d.py"))
+    u0 = np.asarray(jax.random.normal(jax.random.key(1), (p0.size, k)))
+    np.savez(inputs, x=x, y=y, p0=p0, sizes=np.array(SIZES), lr=lr, steps=steps, k=k, U0=u0)
+    with open(driver, "w") as handle:
+        handle.write(DRIVER)
+    subprocess.run([python, driver, inputs, outputs], check=True)
+    return dict(np.load(outputs))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--authors-python", required=True, help="python of the scratch venv")
+    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--k", type=int, default=5)
+    parser.add_argument("--lr", type=float, default=0.1)
+    options = parser.parse_args()
+    loss, p0, data = problem()
+    steps, k, lr = options.steps, options.k, options.lr
+
+    print("authors' implementation ...", flush=True)
+    with tempfile.TemporaryDirectory() as workdir:
+        theirs = run_authors(
+            options.authors_python, *map(np.asarray, (*data, p0)), lr, steps, k, workdir
+        )
+
+    print("driftlab CentralFlow ...", flush=True)
+    flow = dl.CentralFlow(loss, lr, k=k)
+    tic = time.perf_counter()
+    ws, quantities = flow.integrate(p0, steps, data, substeps=4)
+    jax.block_until_ready(ws)
+    first_call = time.perf_counter() - tic
+    tic = time.perf_counter()
+    ws, quantities = flow.integrate(p0, steps, data, substeps=4)
+    jax.block_until_ready(ws)
+    ours_seconds = time.perf_counter() - tic  # compiled: the same call again
+
+    ours_w = np.asarray(ws)
+    travelled = np.linalg.norm(theirs["ws"] - np.asarray(p0), axis=1)
+    distance = np.linalg.norm(ours_w - theirs["ws"], axis=1)
+    relative = distance[1:] / travelled[1:]
+    ours_loss = np.asarray(quantities.loss)[:-1]
+    loss_gap = np.abs(ours_loss - theirs["loss"]) / np.abs(theirs["loss"])
+    ours_sharp = lr * np.asarray(quantities.eigenvalues)[:-1, ::-1]
+    their_sharp = np.sort(theirs["eigs"], axis=1)[:, ::-1]
+    ours_trace = np.trace(np.asarray(quantities.X), axis1=1, axis2=2)[:-1]
+    their_trace = lr * np.trace(theirs["X"], axis1=1, axis2=2)  # their X is ours / lr
+    their_step = float(np.median(theirs["seconds"][1:]))  # the first step compiles
+    products = np.asarray(quantities.lanczos_products)
+    # Per substep: 1 gradient, the Lanczos products, k(k+1)/2 third-derivative products.
+    ours_hvps = 4 * (float(np.mean(products)) + k * (k + 1) / 2)
+    their_hvps = float(np.mean(theirs["d2L"])) + 4 * k * (k + 1) / 2
+    report = {
+        "setting": {
+            "network": "swish MLP 8-16-16-1",
+            "points": 128,
+            "loss": "MSE",
+            "h": lr,
+            "steps": steps,
+            "k": k,
+            "substeps": 4,
+            "parameters": int(p0.size),
+        },
+        "relative_trajectory_distance": {
+            "max": float(relative.max()),
+            "final": float(relative[-1]),
+        },
+        "relative_loss_difference": {"max": float(loss_gap.max()), "final": float(loss_gap[-1])},
+        "sharpness_h_lambda_1": {
+            "ours_final": float(ours_sharp[-1, 0]),
+            "theirs_final": float(their_sharp[-1, 0]),
+            "max_abs_difference": float(np.max(np.abs(ours_sharp[:, 0] - their_sharp[:, 0]))),
+        },
+        "first_step_with_X_nonzero": {
+            "ours": int(np.argmax(ours_trace > 0)),
+            "theirs": int(np.argmax(their_trace > 0)),
+        },
+        "trace_X": {
+            "ours_final": float(ours_trace[-1]),
+            "theirs_final": float(their_trace[-1]),
+            "max_abs_difference": float(np.max(np.abs(ours_trace - their_trace))),
+        },
+        "seconds_per_gd_step": {
+            "ours": ours_seconds / steps,
+            "theirs": their_step,
+            "speedup": their_step / (ours_seconds / steps),
+            "ours_first_call_including_compile": first_call,
+        },
+        "hessian_vector_products_per_gd_step": {
+            "ours": ours_hvps,
+            "theirs": their_hvps,
+            "note": "third-derivative products counted as one each",
+        },
+        "machine": machine_info(),
+    }
+    os.makedirs(RESULTS_DIR, exist_ok=True)
+    write_json_atomic(report, os.path.join(RESULTS_DIR, "central_flow.json"))
+    rows = [
+        [
+            "relative trajectory distance (max / final)",
+            f"{fmt(relative.max())} / {fmt(relative[-1])}",
+        ],
+        ["relative loss difference (max / final)", f"{fmt(loss_gap.max())} / {fmt(loss_gap[-1])}"],
+        [
+            "h * sharpness at the end (ours / theirs)",
+            f"{fmt(ours_sharp[-1, 0], 6)} / {fmt(their_sharp[-1, 0], 6)}",
+        ],
+        [
+            "trace X at the end (ours / theirs * h)",
+            f"{fmt(ours_trace[-1])} / {fmt(their_trace[-1])}",
+        ],
+        ["seconds per GD step (ours / theirs)", f"{fmt(ours_seconds / steps)} / {fmt(their_step)}"],
+        ["speed-up", fmt(their_step / (ours_seconds / steps))],
+        [
+            "Hessian-vector products per GD step (ours / theirs)",
+            f"{fmt(ours_hvps)} / {fmt(their_hvps)}",
+        ],
+    ]
+    text = (
+        "# CentralFlow next to central_flows_jax\n\n"
+        f"Swish MLP 8-16-16-1 ({p0.size} parameters), 128 random points, MSE, h = {lr}, "
+        f"{steps} steps, k = {k}, 4 substeps, same start.\n\n"
+        + markdown_table(["quantity", "value"], rows)
+        + "\n"
+    )
+    write_text_atomic(text, os.path.join(RESULTS_DIR, "central_flow.md"))
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,246 @@
+r"""Device-resident Krylov eigensolvers: Lanczos and Arnoldi with full reorthogonalisation.
+
+Everything here is `jax.jit`-able and runs on the device holding the operands:
+no host round trips, so the same code serves CPU, GPU and a sharded mesh.
+Flows (`CentralFlow`, `PrincipalFlow`) and measurements (`hessian_eigenpairs`,
+`lambda_max`, `stability_index`) take their spectra from here; this module
+sits below both.
+
+Why not a library: `matfree` (0.6) provides a jittable Lanczos tridiagonalisation
+with full reorthogonalisation, but as a building block for matrix functions
+(`tridiag_sym` returns the decomposition, not Ritz pairs with residuals), with
+no convergence test and no Arnoldi eigenvalues; the eigensolver on top of it
+would be the code below anyway, plus a dependency. `jax.experimental.sparse.linalg.lobpcg_standard`
+needs `k * 5 < n` and an initial block, and its tolerance is relative to the
+operator size. These routines are short, tested against dense `eigh` and scipy's
+ARPACK, and stop on the Ritz residual bound of exact arithmetic (valid here
+because every new Lanczos vector is orthogonalised twice against the whole basis).
+"""
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float
+
+
+Matvec = Callable[[Array], Array]
+
+#: The convergence test runs every this many Lanczos steps.
+_CHECK_EVERY = 4
+#: A Krylov vector whose norm falls below this times the operator's scale ends the run.
+_BREAKDOWN = 1e-13
+
+
+def _unit(v: Array) -> Array:
+    norm = jnp.linalg.norm(v)
+    return jnp.where(norm > 0, v / jnp.where(norm > 0, norm, 1.0), 0.0)
+
+
+def _orthogonalise(basis: Array, w: Array) -> Array:
+    # Twice is enough (Kahan's "twice is enough"): one pass loses orthogonality
+    # at the level of the basis' condition times round-off.
+    w = w - basis.T @ (basis @ w)
+    return w - basis.T @ (basis @ w)
+
+
+def lanczos(hvp: Matvec, start: Array, num_iterations: int):
+    r"""`num_iterations` steps of Lanczos with full reorthogonalisation, jittable.
+
+    **Returns:** `(ritz_values, ritz_vectors)`, ascending, with the Ritz vectors as
+    columns, from the Krylov space $\mathcal K(H, \text{start})$. If the Krylov
+    space is exhausted early, the extra Ritz vectors are zero.
+    """
+    values, vectors, _, _ = _lanczos_run(hvp, start, num_iterations, None, 0, "LA")
+    return values, vectors
+
+
+def _select(values: Array, which: str, count: int) -> Array:
+    """Indices of the `count` wanted Ritz values, in ascending order of value."""
+    if which == "LA":
+        index = jnp.argsort(values)[-count:]
+    elif which == "SA":
+        index = jnp.argsort(values)[:count]
+    else:
+        index = jnp.argsort(jnp.abs(values))[-count:]
+    return index[jnp.argsort(values[index])]
+
+
+def _lanczos_run(hvp, start, max_iterations, tol, k, which):
+    """Lanczos until the `k` wanted Ritz pairs have relative residual <= `tol` (or the cap)."""
+    n = start.size
+    m = max_iterations
+    dtype = start.dtype
+
+    def tridiagonal(alphas, betas, size, scale):
+        # Unused rows hold a value no wanted Ritz value can be beaten by, and no coupling.
+        live = jnp.arange(m) < size
+        pad = {"LA": -3.0 * scale - 1.0, "SA": 3.0 * scale + 1.0}.get(which, 0.0)
+        diagonal = jnp.where(live, alphas, pad)
+        off = jnp.where(jnp.arange(m - 1) < size - 1, betas[:-1], 0.0)
+        return jnp.diag(diagonal) + jnp.diag(off, 1) + jnp.diag(off, -1)
+
+    def ritz(carry):
+        _, alphas, betas, _, _, _, size, scale, _ = carry
+        values, vectors = jnp.linalg.eigh(tridiagonal(alphas, betas, size, scale))
+        return values, vectors, betas[jnp.maximum(size - 1, 0)]
+
+    def residuals_small(carry):
+        size, scale = carry[6], carry[7]
+        values, vectors, beta_last = ritz(carry)
+        index = _select(values, which, k)
+        residual = jnp.abs(beta_last * vectors[size - 1, index])
+        return jnp.all(residual <= tol * jnp.maximum(jnp.abs(values[index]), 1e-3 * scale))
+
+    def converged(carry):
+        size, exhausted = carry[6], carry[8]
+        if tol is None:
+            return exhausted
+        # The m x m eigensolve of the test costs more than a cheap product: test every
+        # `_CHECK_EVERY` steps only.
+        due = (size >= k) & (size % _CHECK_EVERY == 0)
+        return exhausted | jax.lax.cond(due, residuals_small, lambda _: False, carry)
+
+    def cond(carry):
+        return (carry[6] < m) & ~converged(carry)
+
+    def body(carry):
+        basis, alphas, betas, q, q_prev, beta_prev, size, scale, _ = carry
+        basis = basis.at[size].set(q)
+        w = hvp(q)
+        alpha = q @ w
+        w = _orthogonalise(basis, w - alpha * q - beta_prev * q_prev)
+        beta = jnp.linalg.norm(w)
+        scale = jnp.maximum(scale, jnp.abs(alpha) + beta)
+        exhausted = beta <= _BREAKDOWN * scale
+        q_next = jnp.where(exhausted, 0.0, w / jnp.where(exhausted, 1.0, beta))
+        beta = jnp.where(exhausted, 0.0, beta)
+        alphas, betas = alphas.at[size].set(alpha), betas.at[size].set(beta)
+        return basis, alphas, betas, q_next, q, beta, size + 1, scale, exhausted
+
+    q0 = _unit(start)
+    zero = jnp.zeros((), dtype)
+    carry = (
+        jnp.zeros((m, n), dtype),
+        jnp.zeros(m, dtype),
+        jnp.zeros(m, dtype),
+        q0,
+        jnp.zeros_like(q0),
+        zero,
+        jnp.asarray(0),
+        zero,
+        jnp.linalg.norm(start) == 0,
+    )
+    if tol is None:
+        carry = jax.lax.fori_loop(0, m, lambda _, c: body(c), carry)
+    else:
+        carry = jax.lax.while_loop(cond, body, carry)
+    values, vectors, beta_last = ritz(carry)
+    size = carry[6]
+    residuals = jnp.abs(beta_last * vectors[jnp.maximum(size - 1, 0)])
+    return values, carry[0].T @ vectors, residuals, size
+
+
+def eigsh(
+    hvp: Matvec,
+    start: Float[Array, " n"],
+    k: int,
+    *,
+    which: str = "LA",
+    max_iterations: int | None = None,
+    tol: float = 1e-10,
+):
+    r"""The `k` extreme eigenpairs of a symmetric operator, by Lanczos, on device.
+
+    Runs Lanczos with full reorthogonalisation from `start` until the `k` wanted
+    Ritz pairs $(\theta_i, y_i)$ have residual
+    $\|H y_i - \theta_i y_i\| = \beta_m |s_{m,i}| \le \text{tol}\,|\theta_i|$
+    (exact with a reorthogonalised basis), the Krylov space is exhausted, or
+    `max_iterations` (default `min(n, max(4k, k + 60))`) products were spent.
+    The eigenvalue error is then about $\text{residual}^2/\text{gap}$, the
+    eigenvector angle about $\text{residual}/\text{gap}$. Memory: the basis,
+    `max_iterations * n` numbers; time: one product and $O(m\,n)$ per step plus
+    an $m\times m$ tridiagonal eigensolve.
+
+    **Arguments:**
+
+    - `hvp`: $v \mapsto Hv$ for a symmetric $H$ (traceable).
+    - `start`: the starting vector (its direction must not be orthogonal to the
+      wanted eigenvectors; a fixed random vector is safe).
+    - `k`: how many eigenpairs (static).
+    - `which`: `"LA"` largest algebraic, `"SA"` smallest, `"LM"` largest magnitude.
+    - `max_iterations`, `tol`: the cap and the relative residual wanted.
+
+    **Returns:** `(values, vectors, residuals, num_products)`: the `k` Ritz values
+    ascending, their unit Ritz vectors as columns, their residual norms
+    $\|Hy_i - \theta_i y_i\|$, and the number of products spent.
+    """
+    n = start.size
+    if max_iterations is None:
+        max_iterations = max(4 * k, k + 60)
+    max_iterations = min(max_iterations, n)
+    values, vectors, residuals, size = _lanczos_run(hvp, start, max_iterations, tol, k, which)
+    index = _select(values, which, k)
+    return values[index], vectors[:, index], residuals[index], size
+
+
+def spectral_radius(
+    matvec: Matvec,
+    start: Float[Array, " n"],
+    *,
+    max_iterations: int = 80,
+    tol: float = 1e-10,
+):
+    r"""$\max_i|\mu_i|$ of a general (non-symmetric) operator, by Arnoldi, on device.
+
+    Arnoldi with full reorthogonalisation from `start`; stops once the Ritz value
+    of largest modulus has residual $h_{m+1,m}|e_m^\top s| \le \text{tol}\,|\theta|$,
+    the Krylov space is exhausted, or after `max_iterations` products. The small
+    Hessenberg eigenproblem is solved by `jnp.linalg.eig`.
+
+    **Returns:** `(radius, num_products)`.
+    """
+    n = start.size
+    m = min(max_iterations, n)
+    dtype = start.dtype
+
+    def largest(hessenberg, size):
+        values, vectors = jnp.linalg.eig(hessenberg[:m, :m])
+        index = jnp.argmax(jnp.abs(values))
+        residual = jnp.abs(hessenberg[size, size - 1] * vectors[size - 1, index])
+        return jnp.abs(values[index]), residual
+
+    def cond(carry):
+        _, hessenberg, _, size, scale, exhausted = carry
+        radius, residual = largest(hessenberg, jnp.maximum(size, 1))
+        done = (size > 0) & (residual <= tol * jnp.maximum(radius, 1e-3 * scale))
+        return (size < m) & ~exhausted & ~done
+
+    def body(carry):
+        basis, hessenberg, q, size, scale, _ = carry
+        basis = basis.at[size].set(q)
+        w = matvec(q)
+        coefficients = basis @ w
+        w = w - basis.T @ coefficients
+        correction = basis @ w
+        w = w - basis.T @ correction
+        coefficients = coefficients + correction
+        beta = jnp.linalg.norm(w)
+        scale = jnp.maximum(scale, jnp.linalg.norm(coefficients) + beta)
+        exhausted = beta <= _BREAKDOWN * scale
+        hessenberg = hessenberg.at[:m, size].set(coefficients)
+        hessenberg = hessenberg.at[size + 1, size].set(jnp.where(exhausted, 0.0, beta))
+        q_next = jnp.where(exhausted, 0.0, w / jnp.where(exhausted, 1.0, beta))
+        return basis, hessenberg, q_next, size + 1, scale, exhausted
+
+    carry = (
+        jnp.zeros((m, n), dtype),
+        jnp.zeros((m + 1, m), dtype),
+        _unit(start),
+        jnp.asarray(0),
+        jnp.zeros((), dtype),
+        jnp.linalg.norm(start) == 0,
+    )
+    carry = jax.lax.while_loop(cond, body, carry)
+    radius, _ = largest(carry[1], jnp.maximum(carry[3], 1))
+    return radius, carry[3]

@@ -1,0 +1,127 @@
+"""Device Lanczos / Arnoldi (driftlab._lanczos) against dense eigensolvers and ARPACK."""
+
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+import pytest
+import scipy.sparse.linalg
+from jax.flatten_util import ravel_pytree
+
+import driftlab as dl
+from driftlab import _lanczos
+
+
+def _dense_hessian(problem):
+    flat, unravel = ravel_pytree(problem.params)
+    grad = lambda x: ravel_pytree(jax.grad(problem.loss)(unravel(x), problem.data))[0]
+    hessian = np.asarray(jax.jacfwd(grad)(flat))
+    return 0.5 * (hessian + hessian.T)
+
+
+@pytest.mark.slow
+def test_eigenpairs_match_dense_eigh_at_1e3_parameters():
+    problem = dl.problems.mlp_digits(hidden=12, num_samples=128, seed=1)  # 910 parameters
+    hessian = _dense_hessian(problem)
+    values, vectors = np.linalg.eigh(hessian)
+    k = 4
+    spectrum = dl.hessian_eigenpairs(
+        problem.loss, problem.params, problem.data, k=k, method="lanczos"
+    )
+    scale = np.abs(values).max()
+    np.testing.assert_allclose(spectrum.eigenvalues, values[-k:], rtol=0, atol=1e-10 * scale)
+    # Eigenvectors up to sign (the top eigenvalues are simple here).
+    overlaps = np.abs(np.sum(spectrum.eigenvectors * vectors[:, -k:], axis=0))
+    np.testing.assert_allclose(overlaps, 1.0, atol=1e-8)
+    assert np.all(spectrum.residuals <= 1e-10 * scale)
+    lam = dl.lambda_max(problem.loss, problem.params, problem.data)
+    assert lam == pytest.approx(values[-1], rel=1e-10)
+
+
+def _random_symmetric(n, top, seed=0):
+    rng = np.random.default_rng(seed)
+    q, _ = np.linalg.qr(rng.standard_normal((n, n)))
+    eigenvalues = np.concatenate([top, rng.uniform(-1, 1, n - len(top))])
+    return jnp.asarray((q * eigenvalues) @ q.T), eigenvalues
+
+
+@pytest.mark.parametrize("which", ["LA", "SA", "LM"])
+def test_which_selects_the_right_end(which):
+    matrix, eigenvalues = _random_symmetric(200, [6.0, 5.0, 4.0, -7.0, -5.5, -4.5])
+    expected = np.sort(
+        {
+            "LA": np.sort(eigenvalues)[-3:],
+            "SA": np.sort(eigenvalues)[:3],
+            "LM": eigenvalues[np.argsort(np.abs(eigenvalues))[-3:]],
+        }[which]
+    )
+    values = _lanczos.eigsh(lambda v: matrix @ v, jr.normal(jr.key(0), (200,)), 3, which=which)[0]
+    np.testing.assert_allclose(values, expected, rtol=1e-12)
+
+
+def test_lanczos_is_jittable_and_reports_residuals():
+    matrix, _ = _random_symmetric(300, [10.0, 9.0, 8.5])
+    run = jax.jit(lambda s: _lanczos.eigsh(lambda v: matrix @ v, s, 3, tol=1e-12))
+    values, vectors, residuals, products = run(jr.normal(jr.key(0), (300,)))
+    np.testing.assert_allclose(values, [8.5, 9.0, 10.0], rtol=1e-12)
+    true_residuals = np.linalg.norm(matrix @ vectors - vectors * values, axis=0)
+    np.testing.assert_allclose(residuals, true_residuals, rtol=1e-3, atol=1e-13)
+    assert int(products) < 300
+
+
+def test_krylov_exhaustion_stops_early():
+    matrix = jnp.diag(jnp.array([3.0, 1.0, 0.0, 0.0, 0.0]))
+    start = jnp.array([1.0, 1.0, 0.0, 0.0, 0.0])
+    values, _, _, products = _lanczos.eigsh(lambda v: matrix @ v, start, 1)
+    assert float(values[-1]) == pytest.approx(3.0, rel=1e-14) and int(products) == 2
+
+
+def test_spectral_radius_of_a_nonsymmetric_matrix():
+    rng = np.random.default_rng(1)
+    matrix = rng.standard_normal((150, 150)) / np.sqrt(150)
+    matrix[:3, :3] += np.array([[0.0, 2.0, 0.0], [-2.0, 0.0, 0.0], [0.0, 0.0, 1.5]])
+    expected = np.max(np.abs(np.linalg.eigvals(matrix)))
+    radius, _ = _lanczos.spectral_radius(
+        lambda v: jnp.asarray(matrix) @ v, jr.normal(jr.key(0), (150,))
+    )
+    assert float(radius) == pytest.approx(expected, rel=1e-10)
+
+
+@pytest.mark.slow
+def test_stability_index_of_heavy_ball_above_the_dense_limit():
+    problem = dl.problems.mlp_digits(hidden=4, num_samples=64, seed=0)
+    step = dl.HeavyBall(problem.loss, 0.6)
+    state = step(step.init(problem.params), 0.5, problem.data)  # a non-zero momentum buffer
+    flat, unravel = ravel_pytree(state)
+    assert flat.size > dl.analysis._spectra.DENSE_LIMIT  # the Arnoldi branch
+    displacement = lambda x: ravel_pytree(step(unravel(x), 0.5, problem.data))[0] - x
+    jacobian = np.asarray(jax.jacfwd(displacement)(flat))
+    expected = np.max(np.abs(np.linalg.eigvals(jacobian)))
+    index = dl.stability_index(step, state, 0.5, problem.data)
+    assert index == pytest.approx(expected, rel=1e-9)
+
+
+@pytest.mark.slow
+def test_eigenpairs_match_arpack_at_1e5_parameters():
+    key1, key2 = jr.split(jr.key(3))
+    inputs = jr.normal(key1, (256, 200))
+    params = {
+        "W1": jr.normal(key2, (200, 480)) / jnp.sqrt(200.0),
+        "W2": jr.normal(jr.key(4), (480, 10)) / jnp.sqrt(480.0),
+    }
+    data = (inputs, jnp.sin(inputs[:, :10]))
+    loss = lambda p, d: (
+        0.5 * jnp.mean(jnp.sum((jnp.tanh(d[0] @ p["W1"]) @ p["W2"] - d[1]) ** 2, axis=-1))
+    )
+    flat, unravel = ravel_pytree(params)
+    assert flat.size >= 1e5
+    spectrum = dl.hessian_eigenpairs(loss, params, data, k=3, method="lanczos", max_iterations=300)
+    grad = lambda x, d: ravel_pytree(jax.grad(loss)(unravel(x), d))[0]
+    hvp = jax.jit(lambda x, v, d: jax.jvp(lambda z: grad(z, d), (x,), (v,))[1])
+    operator = scipy.sparse.linalg.LinearOperator(
+        (flat.size,) * 2,
+        matvec=lambda v: np.asarray(hvp(flat, jnp.asarray(v), data)),
+        dtype=np.float64,
+    )
+    reference = scipy.sparse.linalg.eigsh(operator, k=3, which="LA", tol=1e-12)[0]
+    np.testing.assert_allclose(spectrum.eigenvalues, np.sort(reference), rtol=1e-8)
