@@ -36,20 +36,14 @@ DENSE_PRINCIPAL_LIMIT = 256
 #: h * lambda_i > 1, and its real part at multiples of h is GD's iterate.
 COMPLEX_STATE_FLOWS = ("principal", "principal-lanczos")
 
-#: The flows (registry names) that model each optimiser (registry names). `modified-p`
-#: (the automatic `ModifiedFlow`) applies to every optimiser. A registry flow named in
-#: no entry is tried on every optimiser, so new flows show up in the `full` preset
-#: without editing this file; where it does not apply, the failure is recorded.
+#: The flows (registry names) that model each optimiser: the registry's own pairing
+#: (`Optimiser.flows`), less `modified` (the automatic `ModifiedFlow`, which applies to
+#: every optimiser). A registry flow named in no entry is tried on every optimiser, so new
+#: flows show up in the `full` preset without editing this file; where it does not apply,
+#: the failure is recorded.
 PAIRS = {
-    "gd": ("gradient", "igr", "principal", "principal-lanczos"),
-    "sgd-epoch": ("gradient", "sgd", "exact-batch-sgd"),
-    "sgd-epoch-averaged": ("gradient", "sgd"),
-    "heavy-ball": ("heavy-ball",),
-    "nesterov": (),
-    "adam": ("adam",),
-    "rmsprop": ("rmsprop",),
-    "simultaneous-gd": ("simultaneous-game",),
-    "alternating-gd": ("alternating-game",),
+    name: tuple(flow for flow in optimiser.flows if flow != "modified")
+    for name, optimiser in _registry.OPTIMISERS.items()
 }
 #: Which optimisers each problem is studied with in the `full` preset.
 PROBLEM_OPTIMISERS = {
