@@ -215,5 +215,7 @@ def test_cli_weak_is_registered_and_rejects_a_bad_order(tmp_path, capsys):
 
     args = cli.build_parser().parse_args(["weak", "--order", "1", "2", "--num-batches", "4"])
     assert args.order == [1, 2] and args.num_batches == 4
-    assert cli.main(["weak", "--order", "3", "--output", str(tmp_path)]) == 2
-    assert "`--order` values must be 1 or 2" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exited:  # argparse: one line on stderr, status 2
+        cli.main(["weak", "--order", "3", "--output", str(tmp_path)])
+    assert exited.value.code == 2
+    assert "argument --order: must be 1 or 2, got '3'" in capsys.readouterr().err
