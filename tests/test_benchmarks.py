@@ -19,6 +19,7 @@ def smoke(tmp_path_factory):
     return output, result
 
 
+@pytest.mark.slow
 def test_smoke_writes_json_markdown_and_figures(smoke):
     output, result = smoke
     on_disk = json.loads((output / "flow_error.json").read_text())
@@ -33,6 +34,7 @@ def test_smoke_writes_json_markdown_and_figures(smoke):
     assert "flow_error_tracking.png" in on_disk["figures"]
 
 
+@pytest.mark.slow
 def test_every_measurement_is_recorded(smoke):
     _, result = smoke
     grid = result["scaled_steps"]
@@ -47,6 +49,7 @@ def test_every_measurement_is_recorded(smoke):
                     assert m["failure"] or "failure" in entry or math.isfinite(entry["error"])
 
 
+@pytest.mark.slow
 def test_measurements_inside_the_stable_region_succeed_with_their_orders(smoke):
     # A sweep where every measurement recorded a failure would pass the test above. Inside
     # h lambda_max < 1 every flow of the smoke case applies, so every point there must be a
@@ -77,6 +80,7 @@ def test_measurements_inside_the_stable_region_succeed_with_their_orders(smoke):
             assert abs(fitted["slope"] - flow["expected"][kind]) < 0.3, (name, kind, fitted)
 
 
+@pytest.mark.slow
 def test_gd_against_igr_local_slope_is_three(smoke):
     _, result = smoke
     (case,) = [c for c in result["cases"] if (c["problem"], c["optimiser"]) == ("quadratic", "gd")]

@@ -165,6 +165,7 @@ def test_optax_training_on_corrected_loss_follows_gradient_flow():
 # --- measured orders --------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("order", [0, 1, 2, 3])
 def test_local_order_gd_mlp(order):
     problem = helpers.small_mlp()

@@ -59,7 +59,16 @@ def _index(ns):
 CLAIMS = {"README.md": _readme, "docs/index.md": _index}
 
 
-@pytest.mark.parametrize("page", PAGES, ids=lambda page: str(page.relative_to(ROOT)))
+#: Pages whose blocks take over ~7 s (model fits, meshes, kit runs): the full suite runs them.
+SLOW_PAGES = {"docs/testing.md", "docs/your-model.md", "docs/index.md", "docs/devices.md"}
+
+
+def _page_param(page):
+    name = str(page.relative_to(ROOT))
+    return pytest.param(page, id=name, marks=[pytest.mark.slow] if name in SLOW_PAGES else [])
+
+
+@pytest.mark.parametrize("page", [_page_param(page) for page in PAGES])
 def test_code_blocks_run(page, monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     namespace = {"__name__": "__docs__"}

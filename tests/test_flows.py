@@ -44,6 +44,7 @@ def test_igr_solution_at_several_times_matches_expm():
         assert relative_error(ys[k], quad.igr_flow_solution(quad.params, float(t), h)) < 1e-10
 
 
+@pytest.mark.slow
 def test_flows_are_diffrax_vector_fields_on_pytrees():
     problem, h = small_mlp(), 0.1
     term = diffrax.ODETerm(dl.IGRFlow(problem.loss, h))

@@ -74,6 +74,7 @@ def test_modified_flow_order_one_is_igr_on_a_model():
     assert helpers.relative_error(igr, unravel(-g - 0.5 * h * hessian @ g)) < 1e-12
 
 
+@pytest.mark.slow
 def test_solve_and_measurements_on_a_model():
     model, batch, loss = _model_problem()
     step, h = dl.GradientDescent(loss), 0.05

@@ -291,6 +291,7 @@ def test_orders_adam_mlp():
 # --- gradient structure and modified losses -------------------------------------------------
 
 
+@pytest.mark.slow
 def test_gradient_structure():
     problem = helpers.small_mlp()
     gd = dl.ModifiedFlow(dl.GradientDescent(problem.loss), 0.1, 2)
@@ -312,6 +313,7 @@ def test_gradient_structure():
         dl.ModifiedFlow(step, 0.1, 1).modified_loss(y, args)
 
 
+@pytest.mark.slow
 def test_modified_loss():
     problem = helpers.small_quadratic(4)
     h, y = 0.1, problem.params

@@ -48,7 +48,11 @@ def test_parameter_count_formulas_by_hand():
     assert cnn_num_params(64, 5) == 384 + 20544 + 6410
 
 
-@pytest.mark.parametrize("name", sorted(TINY))
+@pytest.mark.parametrize(
+    "name",
+    # The CNN's first loss compiles for ~8 s: it runs in the full suite only.
+    [pytest.param(n, marks=[pytest.mark.slow] if n == "cnn_mnist1d" else []) for n in sorted(TINY)],
+)
 def test_shapes_counts_dtype_and_finite_loss(name):
     problem = TINY[name]()
     flat, _ = ravel_pytree(problem.params)
