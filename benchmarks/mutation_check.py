@@ -142,8 +142,8 @@ MUTANTS = [
     Mutant(
         "heavy-ball-update",
         "driftlab/integrators/_maps.py",
-        "momentum = _axpy(self.beta, y.momentum, jax.grad(self.loss)(y.params, args))",
-        "momentum = _axpy(-self.beta, y.momentum, jax.grad(self.loss)(y.params, args))",
+        "momentum = _axpy(self.beta, y.momentum, _grad(self.loss, y.params, args))",
+        "momentum = _axpy(-self.beta, y.momentum, _grad(self.loss, y.params, args))",
         ("tests/test_maps.py::test_heavy_ball_is_polyak_momentum",),
         "heavy-ball's buffer decaying with -beta",
     ),
@@ -241,8 +241,8 @@ MUTANTS = [
     Mutant(
         "benchmark-global-errors",
         "benchmarks/flow_error.py",
-        "result = dl.global_error(step, flow, y0, h, t_end, args)",
-        "result = dl.global_error(step, flow, y0, h, -t_end, args)",
+        "result = dl.global_error(step, flow, y0, h, t_end, args, **options)",
+        "result = dl.global_error(step, flow, y0, h, -t_end, args, **options)",
         (
             "tests/test_benchmarks.py::test_every_measurement_is_recorded",
             "tests/test_benchmarks.py::test_gd_against_igr_local_slope_is_three",
@@ -262,16 +262,16 @@ MUTANTS = [
     Mutant(
         "docs-igr-loss",
         "driftlab/flows/_gradient.py",
-        "return self.loss(y, args) + 0.25 * self.h * tree_vdot(grad, grad)",
-        "return self.loss(y, args) + 0.5 * self.h * tree_vdot(grad, grad)",
+        "return self.loss(y, args) + 0.25 * self.h * tree_vdot(g, g)",
+        "return self.loss(y, args) + 0.5 * self.h * tree_vdot(g, g)",
         ("tests/test_docs.py::test_code_blocks_run[docs/index.md]",),
         "IGR's modified loss with h/2, seen through the getting-started page",
     ),
     Mutant(
         "gradient-flow-sign",
         "driftlab/flows/_gradient.py",
-        "return jtu.tree_map(jnp.negative, jax.grad(self.loss)(y, args))",
-        "return jax.grad(self.loss)(y, args)",
+        "return jtu.tree_map(jnp.negative, grad(self.loss, y, args))",
+        "return grad(self.loss, y, args)",
         ("tests/test_flows.py::test_gradient_flow_has_no_h_dependence_and_order_zero",),
         "gradient ascent as gradient flow",
     ),
