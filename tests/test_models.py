@@ -228,3 +228,23 @@ def test_sme_on_a_model():
         )
         < 1e-12
     )
+
+
+@pytest.mark.slow
+def test_corrected_field_on_a_model():
+    model, batch, loss = _model_problem()
+    flat, flat_loss, unravel = _flat_problem()
+    h = 0.05
+    corrected = dl.CorrectedField(dl.GradientDescent(loss), h, 2)
+    flat_corrected = dl.CorrectedField(dl.GradientDescent(flat_loss), h, 2)
+    field = corrected(0.0, model, batch)
+    _assert_like_gradient_flow(field, model, loss, batch)
+    assert helpers.relative_error(field, unravel(flat_corrected(0.0, flat, batch))) < 1e-12
+    # Driving the map with the field: one step on the model is one step on the flat problem.
+    stepped = corrected.driven_map()(corrected.driven_map().init(model, batch), h, batch)
+    flat_stepped = flat_corrected.driven_map()(
+        flat_corrected.driven_map().init(flat, batch), h, batch
+    )
+    parameters = _arrays(corrected.driven_map().parameters(stepped))
+    flat_parameters = flat_corrected.driven_map().parameters(flat_stepped)
+    assert helpers.relative_error(parameters, unravel(flat_parameters)) < 1e-12
