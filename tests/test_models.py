@@ -184,6 +184,7 @@ def test_principal_flow_on_a_model(method):
     assert helpers.relative_error(field, unravel(expected)) < 1e-12
 
 
+@pytest.mark.slow
 def test_central_flow_on_a_model():
     model, batch, loss = _model_problem()
     flat, flat_loss, unravel = _flat_problem()
@@ -195,6 +196,14 @@ def test_central_flow_on_a_model():
     gradient = jax.grad(flat_loss)(flat, batch)
     assert helpers.relative_error(expected, -gradient) > 1e-3
     assert helpers.relative_error(field, unravel(expected)) < 1e-12
+
+
+@pytest.mark.slow
+def test_central_flow_integrate_on_a_model():
+    model, batch, loss = _model_problem()
+    flat, flat_loss, unravel = _flat_problem()
+    h = 2.5 / _sharpness()
+    flow, flat_flow = dl.CentralFlow(loss, h), dl.CentralFlow(flat_loss, h)
     ys, quantities = flow.integrate(model, 2, batch, substeps=2)
     flat_ys, flat_quantities = flat_flow.integrate(flat, 2, batch, substeps=2)
     assert ys.activation is model.activation
