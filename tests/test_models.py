@@ -151,3 +151,109 @@ def test_flax_nnx_parameters_through_nnx_split():
     g = jax.grad(flat_loss)(flat, batch)
     expected = -g - 0.5 * h * jax.hessian(flat_loss)(flat, batch) @ g
     np.testing.assert_allclose(ravel_pytree(modified)[0], expected, rtol=1e-12, atol=1e-14)
+
+
+def _sharpness():
+    flat, flat_loss, _ = _flat_problem()
+    _, batch, _ = _model_problem()
+    return float(jnp.linalg.eigvalsh(jax.hessian(flat_loss)(flat, batch))[-1])
+
+
+def _assert_like_gradient_flow(field, model, loss, batch):
+    """The field has the structure GradientFlow gives a model: `None` at the static leaves."""
+    reference = dl.GradientFlow(loss)(0.0, model, batch)
+    assert jax.tree_util.tree_structure(field) == jax.tree_util.tree_structure(reference)
+
+
+@pytest.mark.parametrize("method", ["dense", "lanczos"])
+def test_principal_flow_on_a_model(method):
+    model, batch, loss = _model_problem()
+    flat, flat_loss, unravel = _flat_problem()
+    h = 0.5 / _sharpness()
+    field = dl.PrincipalFlow(loss, h, method, k=3)(0.0, model, batch)
+    _assert_like_gradient_flow(field, model, loss, batch)
+    expected = dl.PrincipalFlow(flat_loss, h, method, k=3)(0.0, flat, batch)
+    assert helpers.relative_error(field, unravel(expected)) < 1e-12
+    # A complex state (some h lambda > 1): the model's array leaves become complex.
+    h = 1.5 / _sharpness()
+    complex_model = jax.tree_util.tree_map(
+        lambda x: x.astype(jnp.complex128) if eqx.is_array(x) else x, model
+    )
+    field = dl.PrincipalFlow(loss, h, method, k=3)(0.0, complex_model, batch)
+    expected = dl.PrincipalFlow(flat_loss, h, method, k=3)(0.0, flat.astype(jnp.complex128), batch)
+    assert helpers.relative_error(field, unravel(expected)) < 1e-12
+
+
+@pytest.mark.slow
+def test_central_flow_on_a_model():
+    model, batch, loss = _model_problem()
+    flat, flat_loss, unravel = _flat_problem()
+    h = 2.5 / _sharpness()  # beyond the edge of stability: the SDCP term is active
+    flow, flat_flow = dl.CentralFlow(loss, h), dl.CentralFlow(flat_loss, h)
+    field = flow(0.0, model, batch)
+    _assert_like_gradient_flow(field, model, loss, batch)
+    expected = flat_flow(0.0, flat, batch)
+    gradient = jax.grad(flat_loss)(flat, batch)
+    assert helpers.relative_error(expected, -gradient) > 1e-3
+    assert helpers.relative_error(field, unravel(expected)) < 1e-12
+
+
+@pytest.mark.slow
+def test_central_flow_integrate_on_a_model():
+    model, batch, loss = _model_problem()
+    flat, flat_loss, unravel = _flat_problem()
+    h = 2.5 / _sharpness()
+    flow, flat_flow = dl.CentralFlow(loss, h), dl.CentralFlow(flat_loss, h)
+    ys, quantities = flow.integrate(model, 2, batch, substeps=2)
+    flat_ys, flat_quantities = flat_flow.integrate(flat, 2, batch, substeps=2)
+    assert ys.activation is model.activation
+    last = jax.tree_util.tree_map(lambda x: x[-1], _arrays(ys))
+    assert helpers.relative_error(last, unravel(flat_ys[-1])) < 1e-12
+    assert helpers.relative_error(quantities.velocity, flat_quantities.velocity) < 1e-12
+
+
+def test_sme_on_a_model():
+    model, batch, loss = _model_problem()
+    flat, flat_loss, unravel = _flat_problem()
+    sme = dl.StochasticModifiedEquation(loss, batch, 0.1, order=2, batch_size=4, examples=True)
+    flat_sme = dl.StochasticModifiedEquation(
+        flat_loss, batch, 0.1, order=2, batch_size=4, examples=True
+    )
+    drift = sme(0.0, model)
+    _assert_like_gradient_flow(drift, model, loss, batch)
+    assert helpers.relative_error(drift, unravel(flat_sme(0.0, flat))) < 1e-12
+    assert abs(sme.modified_loss(model) - flat_sme.modified_loss(flat)) < 1e-12 * abs(
+        flat_sme.modified_loss(flat)
+    )
+    dw = jr.normal(jr.key(2), (sme.num_noise,), jnp.float64)
+    noise = sme.noise(0.0, model, None, dw)
+    assert helpers.relative_error(noise, unravel(flat_sme.noise(0.0, flat, None, dw))) < 1e-12
+    diffusion = _arrays(sme.diffusion(0.0, model))
+    flat_diffusion = flat_sme.diffusion(0.0, flat)
+    assert (
+        helpers.relative_error(
+            ravel_pytree(jax.tree_util.tree_map(lambda g: g @ dw, diffusion))[0],
+            flat_diffusion @ dw,
+        )
+        < 1e-12
+    )
+
+
+@pytest.mark.slow
+def test_corrected_field_on_a_model():
+    model, batch, loss = _model_problem()
+    flat, flat_loss, unravel = _flat_problem()
+    h = 0.05
+    corrected = dl.CorrectedField(dl.GradientDescent(loss), h, 2)
+    flat_corrected = dl.CorrectedField(dl.GradientDescent(flat_loss), h, 2)
+    field = corrected(0.0, model, batch)
+    _assert_like_gradient_flow(field, model, loss, batch)
+    assert helpers.relative_error(field, unravel(flat_corrected(0.0, flat, batch))) < 1e-12
+    # Driving the map with the field: one step on the model is one step on the flat problem.
+    stepped = corrected.driven_map()(corrected.driven_map().init(model, batch), h, batch)
+    flat_stepped = flat_corrected.driven_map()(
+        flat_corrected.driven_map().init(flat, batch), h, batch
+    )
+    parameters = _arrays(corrected.driven_map().parameters(stepped))
+    flat_parameters = flat_corrected.driven_map().parameters(flat_stepped)
+    assert helpers.relative_error(parameters, unravel(flat_parameters)) < 1e-12

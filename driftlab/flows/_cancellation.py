@@ -21,7 +21,7 @@ from jaxtyping import Array, Float
 
 from .._custom_types import Args, RealScalarLike, Scalar, Y
 from .._errors import InputError
-from .._tree import tree_vdot
+from .._tree import ravel, split, tree_vdot
 from ..integrators import (
     AbstractStepMap,
     AlternatingGD,
@@ -110,22 +110,26 @@ def _pseudo_loss(field: Callable, h, args: Args, block: int | None) -> Callable:
     `args` given to the driven map.
     """
 
-    @jax.custom_jvp
-    def pseudo(params, args, h):
-        del params, args, h
-        return jnp.zeros((), jnp.result_type(float))
-
-    @pseudo.defjvp
-    def pseudo_jvp(primals, tangents):
-        params, args_, h_ = primals
-        value, tangent = field(params, args_, h_), tangents[0]
-        if block is not None:
-            value, tangent = value[block], tangent[block]
-        return pseudo(params, args_, h_), -tree_vdot(value, tangent)
-
     def loss(params, batch):
         del batch
-        return pseudo(params, args, h)
+        # Differentiated through the array leaves only: a model's static leaves (its
+        # activation function) are not JAX types and cannot enter a `custom_jvp`.
+        arrays, static = split(params)
+
+        @jax.custom_jvp
+        def pseudo(arrays, args, h):
+            del arrays, args, h
+            return jnp.zeros((), jnp.result_type(float))
+
+        @pseudo.defjvp
+        def pseudo_jvp(primals, tangents):
+            arrays_, args_, h_ = primals
+            value, tangent = field(eqx.combine(arrays_, static), args_, h_), tangents[0]
+            if block is not None:
+                value, tangent = value[block], tangent[block]
+            return pseudo(arrays_, args_, h_), -tree_vdot(value, tangent)
+
+        return pseudo(arrays, args, h)
 
     return loss
 
@@ -179,7 +183,7 @@ def _scale_vector(scale, params: Y) -> Array:
             for s, part in zip(scale, params)
         )
     else:
-        tree = jtu.tree_map(lambda leaf: jnp.full(jnp.shape(leaf), scale), params)
+        tree = jtu.tree_map(lambda leaf: jnp.full(jnp.shape(leaf), scale), split(params)[0])
     return ravel_pytree(tree)[0]
 
 
@@ -192,10 +196,10 @@ def flow_series(flow, y: Y, args: Args, order: int) -> list[Array]:
     `flow(0, y, args)` and treated as a fixed, autonomous field. The
     coefficients are ravelled (`jax.flatten_util.ravel_pytree` order).
     """
-    flat, unravel = ravel_pytree(y)
+    flat, unravel = ravel(y)
 
     def field(u):
-        return ravel_pytree(flow(0.0, unravel(u), args))[0]
+        return ravel(flow(0.0, unravel(u), args))[0]
 
     coefficients = [flat]
     for k in range(order):
@@ -381,7 +385,7 @@ class CorrectedField(AbstractSeriesFlow):
         return _compiled_coefficients(self, y, args)
 
     def _coefficients(self, y: Y, args: Args) -> list[Y]:
-        flat, unravel = ravel_pytree(y)
+        flat, unravel = ravel_pytree(split(y)[0])
         tau = self.step_map.duration(1.0, args)
         scale = _scale_vector(velocity_scale(self.step_map, args), y)
         flow = flow_series(self.target, y, args, self.order + 1)

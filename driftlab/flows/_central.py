@@ -14,6 +14,8 @@ from jaxtyping import Array, Float, Int
 from .._custom_types import Args, RealScalarLike, Scalar, Y
 from .._errors import InputError
 from .._lanczos import eigsh
+from .._tree import grad as tree_grad, ravel, split
+from ..integrators._solve import _OnArrays
 from ._base import AbstractFlow
 from ._sdcp import pair_indices, smat, solve_sdcp, svec
 
@@ -171,9 +173,9 @@ class CentralFlow(AbstractFlow):
 
     def quantities(self, y: Y, args: Args) -> CentralQuantities:
         r"""`X`, the top eigenpairs, $S_+$, the loss, the predicted loss and $\dot w$ at `y`."""
-        w, unravel = ravel_pytree(y)
+        w, unravel = ravel(y)
         loss_flat = lambda x: self.loss(unravel(x), args)
-        grad_flat = lambda x: ravel_pytree(jax.grad(self.loss)(unravel(x), args))[0]
+        grad_flat = lambda x: ravel_pytree(tree_grad(self.loss, unravel(x), args))[0]
         loss, grad = jax.value_and_grad(loss_flat)(w)
         hvp = lambda v: jax.jvp(grad_flat, (w,), (v,))[1]
         k = min(self.k, w.size)
@@ -207,7 +209,7 @@ class CentralFlow(AbstractFlow):
 
     def __call__(self, t: RealScalarLike, y: Y, args: Args) -> Y:
         del t
-        _, unravel = ravel_pytree(y)
+        _, unravel = ravel_pytree(split(y)[0])
         return unravel(self.quantities(y, args).velocity)
 
     def predicted_loss(self, y: Y, args: Args) -> Scalar:
@@ -244,8 +246,9 @@ def _is_none(x) -> bool:
 @eqx.filter_jit
 def _integrate(flow, y0, num_steps, args, substeps):
     ts = flow.h * jnp.arange(num_steps + 1)
+    y0, static = split(y0)
     solution = diffrax.diffeqsolve(
-        diffrax.ODETerm(flow),
+        diffrax.ODETerm(_OnArrays(flow, static)),
         diffrax.Euler(),
         t0=0.0,
         t1=ts[-1],
@@ -255,5 +258,5 @@ def _integrate(flow, y0, num_steps, args, substeps):
         saveat=diffrax.SaveAt(ts=ts),
         max_steps=num_steps * substeps + 1,
     )
-    quantities = jax.lax.map(lambda y: flow.quantities(y, args), solution.ys)
-    return solution.ys, quantities
+    quantities = jax.lax.map(lambda y: flow.quantities(eqx.combine(y, static), args), solution.ys)
+    return eqx.combine(solution.ys, static), quantities

@@ -13,6 +13,7 @@ from jaxtyping import Array, Float
 from .._custom_types import Args, RealScalarLike, Scalar, Y
 from .._errors import InputError
 from .._lanczos import lanczos
+from .._tree import array_leaves, grad, ravel, split
 from ._base import AbstractFlow
 
 
@@ -147,13 +148,14 @@ class PrincipalFlow(AbstractFlow):
 
     def __call__(self, t: RealScalarLike, y: Y, args: Args) -> Y:
         del t
-        complex_ = any(jnp.iscomplexobj(leaf) for leaf in jtu.tree_leaves(y))
-        x, unravel_real = ravel_pytree(jtu.tree_map(jnp.real, y))
-        grad_flat = lambda p: ravel_pytree(jax.grad(self.loss)(unravel_real(p), args))[0]
-        grad, hvp = jax.linearize(grad_flat, x)
-        vectors = [grad]
+        arrays, static = split(y)
+        complex_ = any(jnp.iscomplexobj(leaf) for leaf in array_leaves(arrays))
+        x, unravel_real = ravel(eqx.combine(jtu.tree_map(jnp.real, arrays), static))
+        grad_flat = lambda p: ravel_pytree(grad(self.loss, unravel_real(p), args))[0]
+        gradient, hvp = jax.linearize(grad_flat, x)
+        vectors = [gradient]
         if complex_:
-            vectors.append(hvp(ravel_pytree(jtu.tree_map(jnp.imag, y))[0]))
+            vectors.append(hvp(ravel_pytree(jtu.tree_map(jnp.imag, arrays))[0]))
         if self.method == "dense":
             fields, flags = self._field_dense(grad_flat, x, vectors, complex_)
         else:
@@ -174,5 +176,5 @@ class PrincipalFlow(AbstractFlow):
                 "the field is complex (or, at h * lambda_i = 1, does not exist); pass a "
                 "complex128 state, e.g. `y0.astype(jnp.complex128)`.",
             )
-        _, unravel = ravel_pytree(y)
+        _, unravel = ravel_pytree(arrays)
         return unravel(field)

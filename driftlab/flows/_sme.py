@@ -11,7 +11,7 @@ from jaxtyping import Array, Float
 
 from .._custom_types import Args, RealScalarLike, Scalar, Y
 from .._errors import check_step_size, InputError
-from .._tree import tree_vdot
+from .._tree import grad, gradient_function, split, tree_vdot
 from ..integrators._random import (
     check_loss,
     check_sampling,
@@ -143,20 +143,25 @@ class StochasticModifiedEquation(AbstractFlow):
         r"""$L = \frac1N\sum_k L_k$, the mean of the units' losses."""
         return jnp.mean(unit_losses(self.loss, y, self.data, self.examples))
 
+    def _mean_loss(self, y: Y, args: Args) -> Scalar:
+        del args
+        return self.mean_loss(y)
+
     def __call__(self, t: RealScalarLike, y: Y, args: Args = None) -> Y:
         r"""The drift: $-\nabla L$ (order 1) or $-\nabla L - \frac h2 H\nabla L$ (order 2)."""
         del t, args
-        grad, hvp = jax.linearize(jax.grad(self.mean_loss), y)
+        arrays, grad_fn = gradient_function(self._mean_loss, y, None)
+        gradient, hvp = jax.linearize(grad_fn, arrays)
         if self.order == 1:
-            return jtu.tree_map(jnp.negative, grad)
-        return jtu.tree_map(lambda g, hg: -g - 0.5 * self.h * hg, grad, hvp(grad))
+            return jtu.tree_map(jnp.negative, gradient)
+        return jtu.tree_map(lambda g, hg: -g - 0.5 * self.h * hg, gradient, hvp(gradient))
 
     def modified_loss(self, y: Y, args: Args = None) -> Scalar:
         del args
         if self.order == 1:
             return self.mean_loss(y)
-        grad = jax.grad(self.mean_loss)(y)
-        return self.mean_loss(y) + 0.25 * self.h * tree_vdot(grad, grad)
+        gradient = grad(self._mean_loss, y, None)
+        return self.mean_loss(y) + 0.25 * self.h * tree_vdot(gradient, gradient)
 
     def diffusion(self, t: RealScalarLike, y: Y, args: Args = None) -> Y:
         r"""$G(\theta)$ as a PyTree: each leaf of `y` with a trailing axis of length $N$.
@@ -164,7 +169,10 @@ class StochasticModifiedEquation(AbstractFlow):
         Forms all $N$ unit gradients; solvers use `noise` instead.
         """
         del t, args
-        grads = jax.jacrev(lambda p: unit_losses(self.loss, p, self.data, self.examples))(y)
+        arrays, static = split(y)
+        grads = jax.jacrev(
+            lambda a: unit_losses(self.loss, eqx.combine(a, static), self.data, self.examples)
+        )(arrays)
         scale = self._noise_scale()
         return jtu.tree_map(
             lambda g: scale * jnp.moveaxis(g - jnp.mean(g, axis=0, keepdims=True), 0, -1), grads
@@ -174,8 +182,10 @@ class StochasticModifiedEquation(AbstractFlow):
         r"""$G(\theta)\,\mathrm dW$ without forming $G$: one gradient of a weighted loss."""
         del t, args
         weights = dw - jnp.mean(dw)
-        weighted = lambda p: jnp.dot(weights, unit_losses(self.loss, p, self.data, self.examples))
-        return jtu.tree_map(lambda g: self._noise_scale() * g, jax.grad(weighted)(y))
+        weighted = lambda p, _: jnp.dot(
+            weights, unit_losses(self.loss, p, self.data, self.examples)
+        )
+        return jtu.tree_map(lambda g: self._noise_scale() * g, grad(weighted, y, None))
 
     def brownian_motion(
         self, key, t_end: RealScalarLike, tol: RealScalarLike
