@@ -9,6 +9,7 @@ examples vary only spectra, seeds and step sizes.
 
 import math
 import re
+import warnings
 from typing import ClassVar
 
 import equinox as eqx
@@ -249,9 +250,14 @@ def test_modified_losses_are_potentials_and_mutants_are_not(problem, h):
         lambda h: dl.flows.HeavyBallFlow(problem.loss, h, 0.5),
     ]:
         flow = make_flow(h)
-        dt.assert_modified_loss(flow, None, y, data)
-        with pytest.raises(AssertionError, match="not minus the gradient"):
-            dt.assert_modified_loss(_mutant(make_flow, 1.1)(h), flow.modified_loss, y, data)
+        # Being a potential is a property of the truncated field at any h; beyond heavy-ball's
+        # slow-manifold region (h lambda >= (1 - sqrt(beta))^2) the flow rightly warns.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", dl.StabilityWarning)
+            dt.assert_modified_loss(flow, None, y, data)
+            with pytest.raises(AssertionError, match="not minus the gradient"):
+                mutant = _mutant(make_flow, 1.1)(h)
+                dt.assert_modified_loss(mutant, flow.modified_loss, y, data)
     dt.assert_gradient_field(dl.IGRFlow(problem.loss, h), y, data)
     wrong_sign = lambda p, b: -dl.IGRFlow(problem.loss, h).modified_loss(p, b)
     with pytest.raises(AssertionError, match="-1 times minus the gradient"):
