@@ -90,11 +90,6 @@ def test_zero_eigenvalue_uses_the_limit():
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    "PYTEST_XDIST_WORKER" in __import__("os").environ,
-    reason="XLA's CPU compiler segfaulted on this 160-step Lanczos field inside a long-lived "
-    "xdist worker in two full runs (alone it passes in 10 s): run it with -n 0",
-)
 def test_lanczos_against_dense_and_igr():
     problem = tiny_mlp()
     y, data, h = problem.params, problem.data, 0.2
