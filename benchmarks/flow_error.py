@@ -49,7 +49,7 @@ import numpy as np
 import driftlab as dl
 from driftlab import _registry
 from driftlab._io import machine_info, write_json_atomic
-from driftlab.analysis._order import fit_slope
+from driftlab.analysis._order import above_floor, can_fit, fit_slope
 
 from ._common import command_line, Progress, RESULTS_DIR, write_text_atomic
 from ._flow_cases import (
@@ -189,7 +189,7 @@ def fit(records, kind: str) -> dict:
     """The log-log slope of `kind` errors on the usable points of one flow's sweep.
 
     Usable: x at most `FIT_MAX` (local) or `GLOBAL_FIT_MAX` (global) and the error at
-    least 10 times its floor. Where the closed form is known (`closed_form` in the
+    least `FLOOR_MARGIN` (10) times its floor. Where the closed form is known (`closed_form` in the
     records) its slope on the same points is fitted too: the expectation on that range.
     """
     fit_max = FIT_MAX if kind == "local" else GLOBAL_FIT_MAX
@@ -199,10 +199,9 @@ def fit(records, kind: str) -> dict:
     errors = np.array([np.nan if r is None else r["error"] for r in results])
     floors = np.array([np.nan if r is None else r["floor"] for r in results])
     closed = np.array([r.get("closed_form", np.nan) if r else np.nan for r in results])
-    with np.errstate(invalid="ignore"):
-        used = np.isfinite(errors) & (errors >= 10 * floors) & (scaled <= fit_max)
+    used = above_floor(errors, floors) & (scaled <= fit_max)
     slope = stderr = intercept = closed_slope = np.nan
-    if used.sum() >= 3 and hs[used].max() / hs[used].min() >= 2:
+    if can_fit(hs, used):
         slope, stderr, intercept = fit_slope(hs, errors, used)
         if np.all(closed[used] > 0):
             closed_slope = fit_slope(hs, closed, used)[0]
@@ -218,8 +217,8 @@ def fit(records, kind: str) -> dict:
         "intercept": intercept,
         "num_points": int(used.sum()),
         "closed_form_slope": closed_slope,
-        # Every successful point within 10x of its floor: the errors are round-off.
-        "at_floor": bool(finite.any() and np.all(errors[finite] < 10 * floors[finite])),
+        # No successful point clear of its floor: the errors are round-off.
+        "at_floor": bool(finite.any() and not above_floor(errors, floors)[finite].any()),
         "max_relative_error": max(
             (r["relative_error"] for r in results if r is not None), default=np.nan
         ),

@@ -12,7 +12,7 @@ import optax
 import pytest
 
 import driftlab as dl
-from driftlab.flows._taylor import BURNED_IN_COUNT
+from driftlab.integrators._layout import BURNED_IN_COUNT
 
 from . import helpers
 from .literature_helpers import linear_coefficients

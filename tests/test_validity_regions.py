@@ -116,3 +116,23 @@ def test_measurements_refuse_points_outside_the_region():
     assert np.all(np.isnan(estimate.errors[4:])) and estimate.agrees(0.3)
     with pytest.raises(dl.MeasurementError, match="too few are left"):
         dl.order_of_accuracy(step, make_flow, y0, hs[3:] * 2, "local", quad.data)
+
+
+@pytest.mark.parametrize("size", [4, 300])  # dense Jacobian, Krylov products
+def test_repeated_measurements_reuse_their_compilation(size):
+    # `outside_region` runs before every measurement of a sweep: a fresh closure in the
+    # jitted Jacobian's static arguments would recompile the map at each call.
+    quad = dl.problems.quadratic(size, condition=5.0, lambda_max=1.0, seed=0)
+    traces = []
+
+    def loss(params, data):
+        traces.append(None)
+        return quad.loss(params, data)
+
+    step = dl.HeavyBall(loss, BETA)
+    state = step.init(quad.params)
+    first = measure_region(step, state, 0.01, quad.data)
+    num_traces = len(traces)
+    second = measure_region(step, state, 0.02, quad.data)
+    assert len(traces) == num_traces and num_traces > 0
+    assert first.exists and second.exists

@@ -25,6 +25,8 @@ from ._error import _checked_inputs, _compare, _num_steps, region_problem, warn_
 MIN_POINTS = 3
 #: The narrowest h-range (max / min) a slope may be fitted over.
 MIN_RANGE = 2.0
+#: How far above its round-off / solver floor a point's error must lie to be fitted.
+FLOOR_MARGIN = 10.0
 
 
 class OrderEstimate(eqx.Module):
@@ -74,7 +76,7 @@ class OrderEstimate(eqx.Module):
         return [
             f"h={h:.4g}: {note}"
             if note
-            else f"h={h:.4g}: error {e:.3g} within 10x of the floor {f:.3g}"
+            else f"h={h:.4g}: error {e:.3g} within {FLOOR_MARGIN:g}x of the floor {f:.3g}"
             for h, e, f, u, note in zip(self.hs, self.errors, self.floors, self.used, self._notes())
             if not u
         ]
@@ -137,6 +139,19 @@ def check_step_grid(hs: Sequence[float]) -> np.ndarray:
             f"factor {MIN_RANGE:g} between the smallest and largest step size."
         )
     return grid
+
+
+def above_floor(errors, floors, margin: float = FLOOR_MARGIN) -> np.ndarray:
+    """Which errors are finite, positive and at least `margin` times their floor."""
+    errors, floors = np.asarray(errors), np.asarray(floors)
+    with np.errstate(invalid="ignore"):
+        return np.isfinite(errors) & (errors > 0) & (errors >= margin * floors)
+
+
+def can_fit(hs, usable) -> bool:
+    """Whether the `usable` points are enough (`MIN_POINTS`, spanning `MIN_RANGE`) for a slope."""
+    hs = np.asarray(hs)[usable]
+    return hs.size >= MIN_POINTS and hs.max() / hs.min() >= MIN_RANGE
 
 
 def fit_slope(hs, errors, usable) -> tuple[float, float, float]:
@@ -224,7 +239,7 @@ def order_of_accuracy(
             progress(i + 1, grid.size, h)
     errors, floors = np.array(errors), np.array(floors)
     outside = np.array([bool(note) for note in notes])
-    used = np.isfinite(errors) & (errors >= 10 * floors)
+    used = above_floor(errors, floors)
     if outside.any():
         first = int(np.flatnonzero(outside)[0])
         summary = (
@@ -232,7 +247,7 @@ def order_of_accuracy(
             f"{type(first_flow).__name__} describes {type(step).__name__}"
         )
         detail = f"the first, h={grid[first]:.4g}: {notes[first]}."
-        if used.sum() < MIN_POINTS:
+        if not can_fit(grid, used):
             raise MeasurementError(
                 f"{summary}, too few are left to fit an order of accuracy; {detail}"
             )
@@ -240,11 +255,12 @@ def order_of_accuracy(
             f"{summary} and were left out (see `OrderEstimate.excluded`); {detail}",
             StabilityWarning,
         )
-    if used.sum() < MIN_POINTS:
+    if not can_fit(grid, used):
         raise MeasurementError(
             f"only {int(used.sum())} of {grid.size} points lie above the round-off / solver "
-            f"floor (errors {errors.tolist()}, floors {floors.tolist()}); use larger step "
-            "sizes or tighter `rtol`/`atol`."
+            f"floor, fewer than {MIN_POINTS} spanning a factor {MIN_RANGE:g} (errors "
+            f"{errors.tolist()}, floors {floors.tolist()}); use larger step sizes or tighter "
+            "`rtol`/`atol`."
         )
     if not (used | outside).all():
         warnings.warn(

@@ -24,7 +24,7 @@ from .._errors import (
 )
 from ..flows._sme import sde_euler_solve, StochasticModifiedEquation
 from ..integrators._random import RandomBatchSGD, RandomBatchState
-from ._order import check_step_grid, fit_slope, MIN_POINTS
+from ._order import above_floor, can_fit, check_step_grid, fit_slope
 
 
 #: Standard errors a difference must clear: the Monte Carlo part of a point's floor.
@@ -153,14 +153,14 @@ class WeakOrderEstimate(eqx.Module):
             for values in (errors, stderrs, solver_errors)
         )
         floors = Z_SCORE * stderrs + solver_errors
-        used = np.isfinite(errors) & (errors > 0) & (errors >= margin * floors)
-        if used.sum() < MIN_POINTS and strict:
+        used = above_floor(errors, floors, margin)
+        if not can_fit(hs, used) and strict:
             raise MeasurementError(
                 f"only {int(used.sum())} of {hs.size} weak errors lie clearly above their "
                 f"Monte Carlo / solver floors (errors {errors.tolist()}, floors "
                 f"{floors.tolist()}); use more samples, larger step sizes or a longer `t_end`."
             )
-        if used.sum() < MIN_POINTS:
+        if not can_fit(hs, used):
             slope = stderr = intercept = half = math.nan
         else:
             slope, stderr, intercept = fit_slope(hs, errors, used)

@@ -33,6 +33,7 @@ from ..integrators import (
     SGDEpoch,
     SimultaneousGD,
 )
+from ..integrators._layout import state_layout
 from ..integrators._maps import num_batches
 from ._base import (
     AbstractFlow,
@@ -45,7 +46,7 @@ from ._games import SimultaneousGameFlow
 from ._gradient import GradientFlow
 from ._losses import epoch_loss
 from ._momentum import HeavyBallFlow
-from ._taylor import slow_manifold, state_layout
+from ._taylor import slow_manifold
 
 
 _SINGLE_LOSS_MAPS = (GradientDescent, SGD, SGDEpoch, HeavyBall, Nesterov)

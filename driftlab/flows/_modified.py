@@ -10,6 +10,7 @@ from .._errors import InputError
 from .._tree import ravel, split
 from ..integrators import AbstractEulerStepMap, AbstractStepMap
 from ..integrators._iterate import check_parameters
+from ..integrators._layout import state_layout
 from ..integrators._validity import (
     has_auxiliary_state,
     is_concrete,
@@ -23,7 +24,6 @@ from ._taylor import (
     euler_weighted_iterates,
     log_weights,
     slow_manifold,
-    state_layout,
     weighted_iterates,
 )
 

@@ -195,7 +195,7 @@ def counter_mask(step, template, args) -> list[bool]:
     $n \to \infty$ (bias corrections). Their effect is then $O(b^{t/h})$ at time
     $t = n h$, beyond every power of $h$, so the modified series is that of the
     map with $b^n = 0$: the counters are held at a burned-in count
-    (`driftlab.flows._taylor.BURNED_IN_COUNT`), and linearisations leave them out.
+    (`driftlab.integrators._layout.BURNED_IN_COUNT`), and linearisations leave them out.
     """
     arrays, static = split(template)
     leaves_with_paths, treedef = jtu.tree_flatten_with_path(arrays)

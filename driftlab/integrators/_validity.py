@@ -22,13 +22,12 @@ import math
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import jax.tree_util as jtu
 import numpy as np
 
 from .._custom_types import Args, RealScalarLike, Y
 from .._errors import StabilityWarning, warn_at_caller
-from .._tree import array_leaves, ravel, split
-from ._jaxpr import counter_mask
+from .._tree import array_leaves, ravel
+from ._layout import state_layout
 from ._maps import AbstractStepMap
 
 
@@ -118,32 +117,12 @@ def _num_entries(tree) -> int:
 
 @eqx.filter_jit
 def _jvp(step, h, args, layout, u, v):
-    ravel_moving, unravel = layout
-    return jax.jvp(lambda w: ravel_moving(step(unravel(w), h, args)), (u,), (v,))[1]
+    return jax.jvp(lambda w: layout.ravel(step(layout.unravel(w), h, args)), (u,), (v,))[1]
 
 
 @eqx.filter_jit
 def _jacobian(step, h, args, layout, u):
-    ravel_moving, unravel = layout
-    return jax.jacfwd(lambda w: ravel_moving(step(unravel(w), h, args)))(u)
-
-
-def _moving_layout(step: AbstractStepMap, state: Y, args: Args):
-    """`(flat, (ravel, unravel))` over the state's entries that move: step counters (bias
-    corrections, beyond every power of h) and a model's static leaves are held."""
-    arrays, static = split(state)
-    counters = counter_mask(step, state, args)
-    moving = jtu.tree_unflatten(jtu.tree_structure(arrays), [not c for c in counters])
-    held = eqx.filter(arrays, moving, inverse=True)
-    flat, unravel_moving = ravel(eqx.filter(arrays, moving))
-
-    def ravel_moving(tree):
-        return ravel(eqx.filter(split(tree)[0], moving))[0]
-
-    def unravel(u):
-        return eqx.combine(unravel_moving(u), held, static)
-
-    return flat, (ravel_moving, unravel)
+    return jax.jacfwd(lambda w: layout.ravel(step(layout.unravel(w), h, args)))(u)
 
 
 def _arnoldi(product, start, dimension: int):
@@ -183,12 +162,14 @@ def measure_region(step: AbstractStepMap, state: Y, h: RealScalarLike, args: Arg
     $1 + n_a / n_\theta$ (one copy of $v$ per auxiliary slot: exact for momentum
     on a quadratic, an approximation for other maps and losses).
     """
-    flat, layout = _moving_layout(step, state, args)
-    ravel_moving, unravel = layout
+    # Step counters are held (burned in: bias corrections, beyond every power of h)
+    # and a model's static leaves kept; the rest of the state moves.
+    layout = state_layout(step, state, step.parameters(state), args)
+    flat = layout.ravel(state)
     params = step.parameters(state)
     num_slow = _num_entries(params)
     # The parameter part of a state vector, complex allowed (a linear selection).
-    select = lambda w: np.asarray(ravel(step.parameters(unravel(jnp.asarray(w))))[0])
+    select = lambda w: np.asarray(ravel(step.parameters(layout.unravel(jnp.asarray(w))))[0])
     restrict = lambda w: select(w.real) + 1j * select(w.imag)
     fractions = np.arange(1, CONTINUATION_STEPS + 1) / CONTINUATION_STEPS
     if flat.size <= DENSE_LIMIT:
@@ -203,9 +184,9 @@ def measure_region(step: AbstractStepMap, state: Y, h: RealScalarLike, args: Arg
                 break
         return region
     product = lambda v, size: _jvp(step, size, args, layout, flat, v)
-    zero_state = unravel(jnp.zeros_like(flat))
+    zero_state = layout.unravel(jnp.zeros_like(flat))
     unravel_params = ravel(params)[1]
-    embed = lambda p: ravel_moving(step.with_parameters(zero_state, unravel_params(p)))
+    embed = lambda p: layout.ravel(step.with_parameters(zero_state, unravel_params(p)))
     v = jnp.cos(1.0 + jnp.arange(num_slow, dtype=flat.dtype) * 0.7548776662466927)
     full = jnp.asarray(h, flat.dtype)
     for _ in range(POWER_ITERATIONS):
