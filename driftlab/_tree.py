@@ -65,6 +65,12 @@ def gradient_function(loss, params, args):
     return arrays, lambda a: jax.grad(lambda b: loss(eqx.combine(b, static), args))(a)
 
 
+def zeros_like(tree):
+    """`tree` with zeros at its array leaves and its static leaves kept (a whole model)."""
+    arrays, static = split(tree)
+    return eqx.combine(jtu.tree_map(jnp.zeros_like, arrays), static)
+
+
 def tree_axpy(a, x, y):
     """`a * x + y` leaf by leaf; where `x` is `None` (a static leaf), `y`'s leaf is kept."""
     return jtu.tree_map(

@@ -257,3 +257,60 @@ def test_corrected_field_on_a_model():
     parameters = _arrays(corrected.driven_map().parameters(stepped))
     flat_parameters = flat_corrected.driven_map().parameters(flat_stepped)
     assert helpers.relative_error(parameters, unravel(flat_parameters)) < 1e-12
+
+
+def test_modified_losses_on_a_model():
+    # Each modified loss on the model equals the one on the flat problem (both measured
+    # from the origin), and the corrected loss's gradient is minus its field there too.
+    model, batch, loss = _model_problem()
+    flat, flat_loss, unravel = _flat_problem()
+    h = 0.05
+    modified = dl.ModifiedFlow(dl.GradientDescent(loss), h, 1).modified_loss(model, batch)
+    flat_modified = dl.ModifiedFlow(dl.GradientDescent(flat_loss), h, 1)
+    assert abs(modified - flat_modified.modified_loss(flat, batch)) < 1e-12 * abs(modified)
+    corrected = dl.CorrectedField(dl.GradientDescent(loss), h, 1)
+    flat_corrected = dl.CorrectedField(dl.GradientDescent(flat_loss), h, 1)
+    value, gradient = eqx.filter_value_and_grad(corrected.modified_loss)(model, batch)
+    assert abs(value - flat_corrected.modified_loss(flat, batch)) < 1e-12 * abs(value)
+    field = flat_corrected(0.0, flat, batch)
+    assert helpers.relative_error(_arrays(gradient), unravel(-field)) < 1e-12
+
+
+@pytest.mark.parametrize("flow_class", [dl.SimultaneousGameFlow, dl.AlternatingGameFlow])
+def test_game_flows_with_model_players(flow_class):
+    # Two MLP players against the same game on their ravelled array leaves.
+    model, batch, loss = _model_problem()
+    flat, flat_loss, unravel = _flat_problem()
+
+    def coupling(first, second):
+        return jnp.mean(jax.vmap(first)(batch[0]) * jax.vmap(second)(batch[0]))
+
+    def loss_phi(players, data):
+        phi, theta = players
+        return loss(phi, data) + coupling(phi, theta)
+
+    def loss_theta(players, data):
+        return -loss_phi(players, data)
+
+    _, static = eqx.partition(model, eqx.is_array)
+    as_models = lambda pair: tuple(eqx.combine(unravel(u), static) for u in pair)
+    flat_phi = lambda pair, data: loss_phi(as_models(pair), data)
+    flat_theta = lambda pair, data: loss_theta(as_models(pair), data)
+    other = 0.5 * flat[::-1]
+    h, alpha, lam = 0.1, 1.0, 0.5
+    field = flow_class(loss_phi, loss_theta, h, alpha, lam)(0.0, as_models((flat, other)), batch)
+    expected = flow_class(flat_phi, flat_theta, h, alpha, lam)(0.0, (flat, other), batch)
+    for player, flat_player in zip(field, expected):
+        assert helpers.relative_error(_arrays(player), unravel(flat_player)) < 1e-12
+
+
+def test_sme_sample_path_on_a_model():
+    model, batch, loss = _model_problem()
+    flat, flat_loss, unravel = _flat_problem()
+    sme = dl.StochasticModifiedEquation(loss, batch, 0.1, batch_size=4, examples=True)
+    flat_sme = dl.StochasticModifiedEquation(flat_loss, batch, 0.1, batch_size=4, examples=True)
+    end = sme.solve(model, 0.4, key=jr.key(3), dt=0.1)
+    assert end.activation is model.activation
+    flat_end = flat_sme.solve(flat, 0.4, key=jr.key(3), dt=0.1)
+    assert helpers.relative_error(_arrays(end), unravel(flat_end)) < 1e-12
+    assert helpers.relative_error(flat_end, flat) > 1e-3  # it moved

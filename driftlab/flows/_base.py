@@ -11,7 +11,7 @@ from jaxtyping import Array, Float
 from .._custom_types import Args, RealScalarLike, Scalar, Y
 from .._errors import InputError
 from .._symmetry import GRADIENT_TOLERANCE, measure_gradient_structure
-from .._tree import tree_vdot
+from .._tree import split, tree_sub, tree_vdot
 
 
 #: Gauss-Legendre nodes of the line integrals that turn gradient fields into losses.
@@ -145,9 +145,11 @@ def segment_potential(field, y: Y, reference: Y) -> Scalar:
     $F = -\nabla \tilde L$ it is $\tilde L(y) - \tilde L(r)$.
     """
     nodes, node_weights = np.polynomial.legendre.leggauss(QUADRATURE_NODES)
-    direction = jtu.tree_map(lambda a, b: a - b, y, reference)
+    # Over the array leaves: a model's static leaves (activations) stay as they are.
+    start, static = split(reference)
+    direction = tree_sub(y, reference)
     total = 0.0
     for node, weight in zip((nodes + 1) / 2, node_weights / 2):
-        point = jtu.tree_map(lambda r, v: r + node * v, reference, direction)
+        point = eqx.combine(jtu.tree_map(lambda r, v: r + node * v, start, direction), static)
         total = total - weight * tree_vdot(field(point), direction)
     return total

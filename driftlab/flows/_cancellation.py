@@ -21,7 +21,7 @@ from jaxtyping import Array, Float
 
 from .._custom_types import Args, RealScalarLike, Scalar, Y
 from .._errors import InputError
-from .._tree import ravel, split, tree_vdot
+from .._tree import ravel, split, tree_vdot, zeros_like
 from ..integrators import (
     AbstractStepMap,
     AlternatingGD,
@@ -460,18 +460,21 @@ class CorrectedField(AbstractSeriesFlow):
         """
         require_gradient_field(self, y, args, "drive the map with `driven_map()` or `loss_like`.")
         if reference is None:
-            reference = jtu.tree_map(jnp.zeros_like, y)
+            reference = zeros_like(y)
+        # Differentiated over the array leaves: a model's static leaves are no JAX type.
+        arrays, static = split(y)
 
         @jax.custom_jvp
-        def corrected(y, args):
-            return self._potential(y, args, reference)
+        def corrected(arrays, args):
+            return self._potential(eqx.combine(arrays, static), args, reference)
 
         @corrected.defjvp
         def corrected_jvp(primals, tangents):
-            y_, args_ = primals
-            return corrected(y_, args_), -tree_vdot(self(0.0, y_, args_), tangents[0])
+            arrays_, args_ = primals
+            field = self(0.0, eqx.combine(arrays_, static), args_)
+            return corrected(arrays_, args_), -tree_vdot(field, tangents[0])
 
-        return corrected(y, args)
+        return corrected(arrays, args)
 
 
 @eqx.filter_jit

@@ -10,6 +10,7 @@ import jax.tree_util as jtu
 from jaxtyping import Array, Float
 
 from .._custom_types import Args, RealScalarLike, Scalar, Y
+from .._tree import grad, split
 from ._base import AbstractFlow
 
 
@@ -20,8 +21,8 @@ def _scaled_fields(loss_phi, loss_theta, alpha, lam, args):
     r"""$y \mapsto (\alpha f, \lambda g)$ with $f = -\nabla_\phi L_1$, $g = -\nabla_\theta L_2$."""
 
     def field(y):
-        f = jax.grad(loss_phi)(y, args)[0]
-        g = jax.grad(loss_theta)(y, args)[1]
+        f = grad(loss_phi, y, args)[0]
+        g = grad(loss_theta, y, args)[1]
         return (
             jtu.tree_map(lambda x: -alpha * x, f),
             jtu.tree_map(lambda x: -lam * x, g),
@@ -37,10 +38,15 @@ class _AbstractGameFlow(AbstractFlow):
     lam: eqx.AbstractVar[Float[Array, ""]]
 
     def _zeroth_and_drift(self, y, args):
-        """`(F, F'F)` for `F = (alpha f, lam g)`, by one Jacobian-vector product."""
-        field = _scaled_fields(self.loss_phi, self.loss_theta, self.alpha, self.lam, args)
-        value = field(y)
-        return value, jax.jvp(field, (y,), (value,))[1]
+        """`(F, F'F)` for `F = (alpha f, lam g)`, by one Jacobian-vector product.
+
+        Over the players' array leaves: a model's static leaves (`None` in both) stay fixed.
+        """
+        scaled = _scaled_fields(self.loss_phi, self.loss_theta, self.alpha, self.lam, args)
+        arrays, static = split(y)
+        field = lambda a: scaled(eqx.combine(a, static))
+        value = field(arrays)
+        return value, jax.jvp(field, (arrays,), (value,))[1]
 
 
 class SimultaneousGameFlow(_AbstractGameFlow):
@@ -122,14 +128,16 @@ class AlternatingGameFlow(_AbstractGameFlow):
         del t
         value, drift = self._zeroth_and_drift(y, args)
         phi, theta = y
+        phi_arrays, phi_static = split(phi)
 
-        def theta_field(phi_):
+        def theta_field(phi_arrays_):
+            phi_ = eqx.combine(phi_arrays_, phi_static)
             return jtu.tree_map(
-                lambda x: -self.lam * x, jax.grad(self.loss_theta)((phi_, theta), args)[1]
+                lambda x: -self.lam * x, grad(self.loss_theta, (phi_, theta), args)[1]
             )
 
         # Y'X: the change of lam * g along phi's field alpha f.
-        cross = jax.jvp(theta_field, (phi,), (value[0],))[1]
+        cross = jax.jvp(theta_field, (phi_arrays,), (value[0],))[1]
         phi_dot = jtu.tree_map(lambda v, d: v - 0.5 * self.h * d, value[0], drift[0])
         theta_dot = jtu.tree_map(
             lambda v, d, c: v - 0.5 * self.h * d + self.h * c, value[1], drift[1], cross

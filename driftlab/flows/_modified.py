@@ -2,12 +2,11 @@ r"""Automatic backward error analysis: the modified flow of any one-step map, to
 
 import equinox as eqx
 import jax.numpy as jnp
-import jax.tree_util as jtu
 from jaxtyping import Array, Float
 
 from .._custom_types import Args, Scalar, Y
 from .._errors import InputError
-from .._tree import ravel, split
+from .._tree import ravel, split, zeros_like
 from ..integrators import AbstractEulerStepMap, AbstractStepMap
 from ..integrators._iterate import check_parameters
 from ..integrators._layout import state_layout
@@ -214,7 +213,7 @@ class ModifiedFlow(AbstractSeriesFlow):
             self, y, args, "the antisymmetric part of its Jacobian is its non-gradient drift."
         )
         if reference is None:
-            reference = jtu.tree_map(jnp.zeros_like, y)
+            reference = zeros_like(y)
         return segment_potential(lambda point: self(0.0, point, args), y, reference)
 
 

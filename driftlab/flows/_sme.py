@@ -20,6 +20,7 @@ from ..integrators._random import (
     RandomBatchSGD,
     unit_losses,
 )
+from ..integrators._solve import _OnArrays
 from ._base import AbstractFlow
 
 
@@ -199,9 +200,7 @@ class StochasticModifiedEquation(AbstractFlow):
         The noise term is driven by `brownian_motion(key, t_end, tol)`; solve with
         an Itô solver (`diffrax.Euler`) and steps no finer than `tol`.
         """
-        return diffrax.MultiTerm(
-            diffrax.ODETerm(self), _NoiseTerm(self, self.brownian_motion(key, t_end, tol))
-        )
+        return _sde_terms(self, self.brownian_motion(key, t_end, tol))
 
     def solve(self, y0: Y, t_end: RealScalarLike, *, key, dt: RealScalarLike, ts=None):
         r"""One sample path by Euler–Maruyama with step `dt` (weak order 1 in `dt`).
@@ -212,7 +211,10 @@ class StochasticModifiedEquation(AbstractFlow):
         t_end = check_step_size(t_end, "t_end")
         saveat = diffrax.SaveAt(t1=True) if ts is None else diffrax.SaveAt(ts=jnp.asarray(ts))
         ys = _euler_solve(self, y0, t_end, dt, key, saveat, int(round(t_end / dt)) + 1)
-        return jtu.tree_map(lambda x: x[0], ys) if ts is None else ys
+        if ts is not None:
+            return ys
+        arrays, static = split(ys)
+        return eqx.combine(jtu.tree_map(lambda x: x[0], arrays), static)
 
 
 @eqx.filter_jit
@@ -220,21 +222,40 @@ def _euler_solve(sde, y0, t_end, dt, key, saveat, max_steps):
     return sde_euler_solve(sde, y0, t_end, dt, key, dt / 2, saveat, max_steps)
 
 
+def _sde_terms(sde, path) -> diffrax.MultiTerm:
+    return diffrax.MultiTerm(diffrax.ODETerm(sde), _NoiseTerm(sde, path))
+
+
 def sde_euler_solve(sde, y0, t_end, dt, key, tol, saveat, max_steps):
-    """`diffeqsolve` with Euler–Maruyama at constant step `dt` on the Brownian tree of `key`."""
+    """`diffeqsolve` with Euler–Maruyama at constant step `dt` on the Brownian tree of `key`.
+
+    A model's static leaves are held out of the solve and put back in the result.
+    """
+    arrays, static = split(y0)
+    on_arrays = _SDEOnArrays(sde, static) if jtu.tree_leaves(static) else sde
     solution = diffrax.diffeqsolve(
-        sde.terms(key, t_end, tol),
+        _sde_terms(on_arrays, sde.brownian_motion(key, t_end, tol)),
         diffrax.Euler(),
         0.0,
         t_end,
         dt,
-        y0,
+        arrays,
         saveat=saveat,
         stepsize_controller=diffrax.ConstantStepSize(),
         adjoint=diffrax.ForwardMode(),
         max_steps=max_steps,
     )
-    return solution.ys
+    return eqx.combine(solution.ys, static)
+
+
+class _SDEOnArrays(_OnArrays):
+    """An SDE on a model seen as one on its array leaves; the static leaves are fixed."""
+
+    def diffusion(self, t, y, args):
+        return split(self.flow.diffusion(t, eqx.combine(y, self.static), args))[0]
+
+    def noise(self, t, y, args, dw):
+        return split(self.flow.noise(t, eqx.combine(y, self.static), args, dw))[0]
 
 
 class _NoiseTerm(diffrax.AbstractTerm):
