@@ -120,6 +120,11 @@ def _solve_x(q: Array, c: Array, k: int, name: str) -> Array:
     )
 
 
+def _optional_array(x):
+    # An array, not a Python float, so that jitted callers trace it instead of recompiling.
+    return None if x is None else jnp.asarray(x)
+
+
 class AbstractCentralFlow(AbstractFlow):
     """A central flow: the field, predicted loss and integration from `quantities`."""
 
@@ -264,7 +269,7 @@ class CentralFlow(AbstractCentralFlow):
     loss: Loss
     h: Float[Array, ""] = eqx.field(converter=jnp.asarray)
     k: int = eqx.field(static=True, default=1)
-    lookahead: Float[Array, ""] | None = eqx.field(default=None)
+    lookahead: Float[Array, ""] | None = eqx.field(default=None, converter=_optional_array)
     num_iterations: int | None = eqx.field(static=True, default=None)
 
     def quantities(self, y: Y, args: Args) -> CentralQuantities:
@@ -381,7 +386,7 @@ class RMSPropCentralFlow(AbstractCentralFlow):
     eps: Float[Array, ""] = eqx.field(converter=jnp.asarray, default=1e-8)
     eps_inside_sqrt: bool = eqx.field(static=True, default=True)
     k: int = eqx.field(static=True, default=1)
-    lookahead: Float[Array, ""] | None = eqx.field(default=None)
+    lookahead: Float[Array, ""] | None = eqx.field(default=None, converter=_optional_array)
     num_iterations: int | None = eqx.field(static=True, default=None)
 
     def __check_init__(self):
