@@ -362,6 +362,14 @@ class RMSPropCentralFlow(AbstractCentralFlow):
     - `rho`, `eps`, `eps_inside_sqrt`: as in `driftlab.RMSProp`; here $0 < \rho \le 1$.
     - `k`, `lookahead`, `num_iterations`: as in `driftlab.CentralFlow`.
 
+    Checked against RMSProp's own iterates, averaged by a Gaussian of width 10 steps
+    (`benchmarks/central_flow_sidebyside.py --optimiser rmsprop`: the authors' swish MLP,
+    $h = 10^{-3}$, $\rho = 0.99$, $\epsilon = 0$, $k = 5$, 1000 steps): 4.5% from their
+    average at the edge (relative to the distance travelled), predicted loss within 0.5%.
+    The authors' `central_flows_jax` drives $\nu$ with $\operatorname{diag}(\Sigma)$ in
+    place of $\operatorname{diag}(H\Sigma H)$; with that term swapped in, this flow matches
+    theirs to 2e-5, and theirs is 18.5% from RMSProp's average (loss 27% off).
+
     The state is an `RMSPropState(params, nu)`. `quantities(y, args)` returns the
     preconditioned eigenvalues $\lambda_i$, $U$, `X` and the rest (`CentralQuantities`,
     with `velocity` the ravelled $(\dot w, \dot\nu)$); `predicted_loss(y, args)` is
