@@ -53,6 +53,7 @@ from .flows import (
     IGRFlow as IGRFlow,
     ModifiedFlow as ModifiedFlow,
     PrincipalFlow as PrincipalFlow,
+    RMSPropCentralFlow as RMSPropCentralFlow,
     RMSPropFlow as RMSPropFlow,
     sgd_loss as sgd_loss,
     SGDFlow as SGDFlow,

@@ -173,3 +173,166 @@ def test_bad_input(kwargs, match):
     loss, _, _ = _swish_mlp()
     with pytest.raises(dl.InputError, match=match):
         dl.CentralFlow(loss, **{"h": 0.1, **kwargs})
+
+
+# --- RMSPropCentralFlow ---------------------------------------------------------------------
+
+
+def _rmsprop_state(params, nu):
+    return dl.integrators.RMSPropState(params, nu)
+
+
+def _flat(tree):
+    return np.asarray(ravel_pytree(tree)[0])
+
+
+@eqx.filter_jit
+def _field_and_quantities(flow, y, args):
+    # One compilation per flow structure, shared by the tests below (h, rho, nu are traced).
+    return flow(0.0, y, args), flow.quantities(y, args)
+
+
+def _uniform_eps_free_flow(loss, h, rho):
+    """P = sqrt(nu) (eps = 0), k = 2, the lookahead given: one structure for the tests."""
+    return dl.RMSPropCentralFlow(
+        loss, h, rho=rho, eps=0.0, eps_inside_sqrt=False, k=2, lookahead=h / 4
+    )
+
+
+@pytest.mark.slow
+def test_rmsprop_below_the_threshold_is_preconditioned_gradient_flow():
+    loss, params, data = _swish_mlp()
+    grad = jax.grad(loss)(params, data)
+    # nu off its slow manifold (g^2 plus a positive offset), so both parts of the field move.
+    offset = lambda g: 0.05 * (1 + jnp.cos(jnp.arange(g.size))).reshape(g.shape) + 1e-3
+    nu = jax.tree.map(lambda g: g**2 + offset(g), grad)
+    rho, h = 0.9, 1e-3  # h * preconditioned sharpness ~ 0.05: far below 2
+    flow = _uniform_eps_free_flow(loss, h, rho)
+    field, quantities = _field_and_quantities(flow, _rmsprop_state(params, nu), data)
+    g, v = _flat(grad), _flat(nu)
+    # The plain preconditioned gradient flow and the moving average's relaxation, in time t = nh.
+    np.testing.assert_allclose(_flat(field.params), -g / np.sqrt(v), rtol=1e-14, atol=0)
+    rate = (1 - rho) / (rho * h)
+    np.testing.assert_allclose(
+        _flat(field.nu), rate * (g**2 - v), rtol=0, atol=1e-14 * rate * v.max()
+    )
+    assert np.all(np.asarray(quantities.X) == 0.0)
+    assert float(quantities.predicted_loss) == float(loss(params, data))
+    assert float(h * quantities.eigenvalues[-1]) < 0.5
+
+
+@pytest.mark.slow
+def test_rmsprop_with_a_frozen_uniform_preconditioner_is_gd_central_flow():
+    # rho = 1 freezes nu; nu = c^2 with eps = 0 makes RMSProp GD with step h / c.
+    loss, params, data = _swish_mlp()
+    c = 3.0
+    h = 2.5 * c / float(dl.lambda_max(loss, params, data))  # beyond the edge: X is on
+    y = _rmsprop_state(params, jax.tree.map(lambda p: jnp.full_like(p, c**2), params))
+    _, q_ours = _field_and_quantities(_uniform_eps_free_flow(loss, h, 1.0), y, data)
+    gd = dl.CentralFlow(loss, h / c, k=2, lookahead=h / 4 / c)  # the same lookahead, in steps
+    q_gd = eqx.filter_jit(gd.quantities)(params, data)
+    n = q_gd.velocity.size
+    assert np.linalg.eigvalsh(np.asarray(q_gd.X)).max() > 0
+    np.testing.assert_allclose(q_ours.velocity[:n], q_gd.velocity / c, rtol=1e-12, atol=1e-14)
+    assert np.all(np.asarray(q_ours.velocity[n:]) == 0.0)
+    np.testing.assert_allclose(q_ours.eigenvalues * c, q_gd.eigenvalues, rtol=1e-12)
+    covariance = lambda q: q.eigenvectors @ q.X @ q.eigenvectors.T
+    np.testing.assert_allclose(covariance(q_ours), covariance(q_gd), rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(q_ours.predicted_loss, q_gd.predicted_loss, rtol=1e-13)
+
+
+@pytest.fixture(scope="module")
+def rmsprop_run():
+    """40 RMSProp steps of the central flow on the swish MLP: its sharpness reaches 2/h.
+
+    Euler with the lookahead as its step (what `integrate` does), through the field
+    compiled once for all these tests.
+    """
+    loss, params, data = _swish_mlp()
+    nu0 = jax.tree.map(jnp.square, jax.grad(loss)(params, data))
+    flow = _uniform_eps_free_flow(loss, 0.02, 0.9)
+    y, ys, quantities = _rmsprop_state(params, nu0), [], []
+    for step in range(41 * 4):
+        field, q = _field_and_quantities(flow, y, data)
+        if step % 4 == 0:
+            ys.append(y)
+            quantities.append(q)
+        y = jax.tree.map(lambda a, b: a + flow.tau * b, y, field)
+    stack = lambda trees: jax.tree.map(lambda *a: jnp.stack(a), *trees)
+    return loss, data, flow, stack(ys), stack(quantities)
+
+
+@jax.jit
+def _dense_preconditioned(params, nu, data):
+    loss, _, _ = _swish_mlp()
+    hessian = _dense_hessian(loss, params, data)
+    scale = ravel_pytree(nu)[0] ** -0.25  # P^(-1/2), P = sqrt(nu) (eps = 0, outside the root)
+    return hessian, jnp.linalg.eigvalsh(scale[:, None] * hessian * scale[None, :])
+
+
+@pytest.mark.slow
+def test_rmsprop_preconditioned_sharpness_is_held_at_two_over_h(rmsprop_run):
+    loss, data, flow, ys, quantities = rmsprop_run
+    h = float(flow.h)
+    # Dense, independent of Lanczos.
+    sharpness = np.asarray(jax.vmap(_dense_preconditioned, (0, 0, None))(ys.params, ys.nu, data)[1])
+    sharpness = sharpness[:, -1]
+    np.testing.assert_allclose(quantities.eigenvalues[:, -1], sharpness, rtol=1e-9)
+    reached = np.flatnonzero(np.abs(h * sharpness - 2) <= 2 * 5e-3)
+    assert reached.size and reached[0] < 20
+    np.testing.assert_array_less(np.abs(h * sharpness[reached[0] :] - 2), 2 * 5e-3)
+    X = np.asarray(quantities.X)[-1]
+    assert np.linalg.eigvalsh(X).max() > 0 and np.linalg.eigvalsh(X).min() > -1e-12
+    assert float(quantities.predicted_loss[-1]) > float(quantities.loss[-1])
+
+
+@pytest.mark.slow
+def test_rmsprop_nu_equation_against_a_dense_hessian(rmsprop_run):
+    # At the edge, nu is driven by the mean squared gradient of the oscillating iterate,
+    # g^2 + diag(H Sigma H), H from a dense Hessian (not the Ritz relation the flow uses).
+    loss, data, flow, ys, quantities = rmsprop_run
+    params = jax.tree.map(lambda a: a[-1], ys.params)
+    nu = jax.tree.map(lambda a: a[-1], ys.nu)
+    q = jax.tree.map(lambda a: a[-1], quantities)
+    hessian, _ = _dense_preconditioned(params, nu, data)
+    hessian = np.asarray(hessian)
+    sigma = np.asarray(q.eigenvectors @ q.X @ q.eigenvectors.T)
+    g, v = _flat(jax.grad(loss)(params, data)), _flat(nu)
+    rate = (1 - float(flow.rho)) / (float(flow.rho) * float(flow.h))
+    oscillation = np.diag(hessian @ sigma @ hessian)
+    expected = rate * (g**2 + oscillation - v)
+    # The flow evaluates diag(H Sigma H) on the boundary, H u_i = (2/h) P u_i; off it each
+    # pair (i, j) of Sigma = U X U^T is off by the factor 1 - h^2 lambda_i lambda_j / 4.
+    h, X, U = float(flow.h), np.asarray(q.X), np.asarray(q.eigenvectors)
+    lam = np.asarray(q.eigenvalues)
+    gap = np.max(np.where(X != 0, np.abs(1 - h**2 * np.outer(lam, lam) / 4), 0.0))
+    bound = rate * gap * (4 / h**2) * v * np.einsum("ki,ij,kj->k", np.abs(U), np.abs(X), np.abs(U))
+    assert gap < 1e-3 and np.linalg.norm(oscillation) > 0.1 * np.linalg.norm(g**2 - v)
+    n = g.size
+    error = np.abs(np.asarray(q.velocity[n:]) - expected)
+    np.testing.assert_array_less(error, 1.01 * bound + 1e-10 * rate * np.abs(oscillation).max())
+
+
+def test_rmsprop_flow_state_is_the_map_after_its_update():
+    loss, params, data = _swish_mlp()
+    nu = jax.tree.map(lambda p: jnp.full_like(p, 0.3), params)
+    state = _rmsprop_state(params, nu)
+    flow = dl.RMSPropCentralFlow(loss, 0.01, rho=0.8)
+    after = dl.RMSProp(loss, rho=0.8)(state, 0.01, data)
+    assert tree_allclose(flow.flow_state(state, data).nu, after.nu, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [({"rho": 0.0}, "`rho`"), ({"rho": 1.5}, "`rho`"), ({"eps": -1.0}, "`eps`"), ({"k": 9}, "`k`")],
+)
+def test_rmsprop_bad_input(kwargs, match):
+    loss, _, _ = _swish_mlp()
+    with pytest.raises(dl.InputError, match=match):
+        dl.RMSPropCentralFlow(loss, **{"h": 0.1, **kwargs})
+
+
+def test_rmsprop_state_must_carry_nu():
+    loss, params, data = _swish_mlp()
+    with pytest.raises(dl.InputError, match="RMSPropState"):
+        dl.RMSPropCentralFlow(loss, 0.1)(0.0, params, data)

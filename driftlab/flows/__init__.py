@@ -9,7 +9,11 @@ from ._cancellation import (
     DrivenStepMap as DrivenStepMap,
     velocity_scale as velocity_scale,
 )
-from ._central import CentralFlow as CentralFlow, CentralQuantities as CentralQuantities
+from ._central import (
+    CentralFlow as CentralFlow,
+    CentralQuantities as CentralQuantities,
+    RMSPropCentralFlow as RMSPropCentralFlow,
+)
 from ._games import (
     AlternatingGameFlow as AlternatingGameFlow,
     SimultaneousGameFlow as SimultaneousGameFlow,
