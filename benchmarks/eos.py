@@ -101,25 +101,27 @@ def _presets():
             "fc-digits",
             lambda: fc_digits(width=200, depth=2, num_samples=1000),
             (0.035,),
-            flows=("gradient", "igr"),
+            # GD's sharpness passes 2/h at step 800 and its loss first rises ~300 steps
+            # later: windows of 400 steps from the onset see it. IGR, ModifiedFlow and the
+            # principal flow over such windows cost minutes each at 55k parameters: they
+            # are compared on deep-linear here and on fc-digits in the full preset.
+            window=400,
+            flows=("gradient",),
             central_k=1,
             central_window=40,
-        ),
-        Case(
-            "cnn-mnist1d",
-            lambda: cnn_mnist1d(num_samples=500),
-            (0.035,),
-            flows=("gradient",),
-            windows_per_phase=1,
         ),
         Case(
             "deep-linear",
             lambda: deep_linear(dim=20, depth=10, num_samples=500, init_scale=DEEP_LINEAR_SCALE),
             (DEEP_LINEAR_H,),
-            # It reaches 2/h within about 100 steps: finer checkpoints, shorter windows.
+            # Its sharpness passes 2/h within 10 steps, during the first fit, so no window
+            # fits before the onset; from there GD settles on a period-2 orbit.
             num_steps=800,
-            every=10,
+            every=20,
             window=40,
+            # The principal flow's complex field over 40-step windows at EoS outlasted the
+            # preset's budget (over 15 CPU minutes with no window finished): full preset only.
+            flows=("gradient", "igr", "modified-2"),
             central_k=2,
             central_windows=2,
         ),
@@ -132,24 +134,29 @@ def _presets():
             num_steps=5000,
             every=50,
             windows_per_phase=4,
+            flows=("gradient", "igr", "modified-2"),
             central_windows=2,
         ),
-        dataclasses.replace(
-            fast[1],
-            make_problem=lambda: cnn_mnist1d(num_samples=5000),
-            hs=(0.03, 0.035),
+        # Not in the fast preset: under the shared machine's load its first sharpness
+        # checkpoint alone took 4 minutes (65 s CPU), so its run did not fit this session.
+        Case(
+            "cnn-mnist1d",
+            lambda: cnn_mnist1d(num_samples=5000),
+            (0.03, 0.035),
             num_steps=5000,
             every=50,
+            window=400,
             windows_per_phase=4,
             flows=("gradient", "igr"),
         ),
         dataclasses.replace(
-            fast[2],
+            fast[1],
             make_problem=lambda: deep_linear(
                 dim=20, depth=10, num_samples=1000, init_scale=DEEP_LINEAR_SCALE
             ),
             num_steps=2000,
             windows_per_phase=4,
+            flows=("gradient", "igr", "modified-2", "principal"),
         ),
     ]
     return {"smoke": smoke, "fast": fast, "full": full}
@@ -234,16 +241,20 @@ def oscillation_step(losses, onset):
     return onset + int(rises[0]) if rises.size else None
 
 
-def window_starts(checkpoints, onset, oscillating, case):
+def window_starts(checkpoints, onset, case, window=None, first_after=None):
     """Window starts: `windows_per_phase` checkpoints before onset, whole windows before it
-    (from a fifth of the way in), and as many from the step GD's loss first rises."""
-    last = case.num_steps - case.window
+    (from a fifth of the way in), and as many from `first_after` (default: the onset) on.
+
+    A window started at the onset must be long enough to see what GD does once
+    its unstable component has grown (hundreds of steps on fc-digits)."""
+    window = case.window if window is None else window
+    last = case.num_steps - window
     steps = [p["step"] for p in checkpoints if p["step"] <= last]
     if onset is None:
         before, after = [s for s in steps if s >= case.num_steps // 5], []
     else:
-        before = [s for s in steps if onset // 5 <= s <= onset - case.window]
-        after = [s for s in steps if s >= (onset if oscillating is None else oscillating)]
+        before = [s for s in steps if onset // 5 <= s <= onset - window]
+        after = [s for s in steps if s >= (onset if first_after is None else first_after)]
     pick = lambda options: (
         [
             options[i]
@@ -384,7 +395,7 @@ def run_case(case, progress):
         oscillating = oscillation_step(losses, onset)
         progress(f"{case.name} h={h:g}: GD done, onset {onset}, loss rises from {oscillating}")
         by_step = {p["step"]: p for p in checkpoints}
-        before, after = window_starts(checkpoints, onset, oscillating, case)
+        before, after = window_starts(checkpoints, onset, case)
         windows = {name: [] for name in flows}
         jobs = [("before", first) for first in before] + [("after", first) for first in after]
         for phase, first in jobs:
@@ -396,10 +407,14 @@ def run_case(case, progress):
                     f"h S_flow / 2 {record['flow_sharpness_ratio']:.3f}"
                 )
                 progress(f"{case.name} h={h:g} {name} window at {first} ({phase}): {outcome}")
-        if case.central_k and after:
+        # The central flow models GD's oscillation at its equilibrium size: its windows start
+        # once GD's loss has risen (GD oscillates), not at the onset.
+        central_window = case.central_window or case.window
+        _, central_starts = window_starts(checkpoints, onset, case, central_window, oscillating)
+        if case.central_k and central_starts:
             windows["central"] = []
             make_central = lambda h: (dl.CentralFlow(problem.loss, h, k=case.central_k), "central")
-            for first in after[-case.central_windows :]:
+            for first in central_starts[-case.central_windows :]:
                 tic = time.process_time()
                 record = measure_window(
                     problem,
@@ -408,7 +423,7 @@ def run_case(case, progress):
                     by_step[first]["params"],
                     h,
                     case,
-                    case.central_window or case.window,
+                    central_window,
                 )
                 record["cpu_seconds"] = time.process_time() - tic
                 windows["central"].append({"phase": "after", "start": first, **record})

@@ -123,12 +123,14 @@ def test_oscillation_starts_where_the_loss_first_rises_after_onset():
     assert eos.oscillation_step(losses, 7) is None
 
 
-def test_windows_before_onset_end_before_it_and_the_others_start_once_gd_oscillates():
+def test_windows_before_onset_end_before_it_and_the_others_start_from_onset():
     case = eos.Case("x", None, (0.1,), num_steps=1000, every=50, window=100, windows_per_phase=3)
     checkpoints = [{"step": s} for s in range(0, 1001, 50)]
-    before, after = eos.window_starts(checkpoints, 600, 730, case)
-    assert before == [150, 350, 500] and after == [750, 850, 900]
-    before, after = eos.window_starts(checkpoints, None, None, case)
+    before, after = eos.window_starts(checkpoints, 600, case)
+    assert before == [150, 350, 500] and after == [600, 750, 900]
+    before, after = eos.window_starts(checkpoints, 600, case, window=40, first_after=730)
+    assert before == [150, 350, 550] and after == [750, 850, 950]
+    before, after = eos.window_starts(checkpoints, None, case)
     assert before == [200, 550, 900] and after == []
 
 
