@@ -451,7 +451,9 @@ def run_case(case, progress):
 
 
 def overall_verdict(runs) -> dict:
-    """Each finding holds on every run that reached EoS (and at least one did)."""
+    """Each finding holds on every run that reached EoS and where it was measured (and at
+    least one such run exists); `measured_on` counts those runs per finding (gradient
+    flow's factor needs a whole window before the onset, which a run may not have)."""
     reached = [r["verdict"] for r in runs if r["verdict"]["reached_eos"]]
     keys = [
         "progressive_sharpening",
@@ -461,9 +463,11 @@ def overall_verdict(runs) -> dict:
         "gradient_flow_leaves",
         "gradient_flow_sharpens_past_2/h",
     ]
+    measured = {key: [v[key] for v in reached if key in v] for key in keys}
     return {
         "runs_reaching_eos": f"{len(reached)}/{len(runs)}",
-        **{key: bool(reached) and all(v.get(key, False) for v in reached) for key in keys},
+        **{key: bool(values) and all(values) for key, values in measured.items()},
+        "measured_on": {key: f"{len(values)}/{len(reached)}" for key, values in measured.items()},
     }
 
 
@@ -483,7 +487,14 @@ def markdown(result) -> str:
         "",
         "## Verdict (Cohen et al. 2021, measured)",
         "",
-        markdown_table(["finding", "holds"], [[k, str(v)] for k, v in result["verdict"].items()]),
+        markdown_table(
+            ["finding", "holds", "measured on (runs at EoS)"],
+            [
+                [key, str(value), result["verdict"]["measured_on"].get(key, "-")]
+                for key, value in result["verdict"].items()
+                if key != "measured_on"
+            ],
+        ),
         "",
         "## Runs",
         "",

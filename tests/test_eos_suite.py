@@ -96,6 +96,10 @@ def test_verdict_recognises_the_edge_of_stability():
     assert verdict["hovering"] and verdict["midpoint_hovering"] and verdict["loss_still_falls"]
     assert verdict["gradient_flow_factor"] == pytest.approx(0.25 / 0.015)
     assert verdict["gradient_flow_leaves"] and verdict["gradient_flow_sharpens_past_2/h"]
+    both = eos.overall_verdict(
+        [{"verdict": verdict}, {"verdict": eos.verdicts(_synthetic_run(ratios, losses, [], [0.2]))}]
+    )
+    assert both["gradient_flow_leaves"] and both["measured_on"]["gradient_flow_leaves"] == "1/2"
 
 
 def test_verdict_rejects_what_is_not_the_edge_of_stability():
@@ -113,6 +117,14 @@ def test_verdict_rejects_what_is_not_the_edge_of_stability():
     never = eos.verdicts(_synthetic_run([0.2, 0.5, 0.8], np.ones(30), [0.1], []))
     assert never == {"reached_eos": False, "initial_ratio": 0.2}
     assert eos.overall_verdict([{"verdict": never}])["hovering"] is False
+    # A finding not measured on a run (no window before its onset) is judged on the others.
+    runs = [{"verdict": verdict}, {"verdict": eos.verdicts(_synthetic_run(ratios, losses, [], []))}]
+    overall = eos.overall_verdict(runs)
+    assert overall["measured_on"]["gradient_flow_leaves"] == "1/2"
+    assert overall["gradient_flow_leaves"] is False and overall["hovering"] is False
+    unmeasured = eos.overall_verdict(runs[1:])
+    assert unmeasured["gradient_flow_leaves"] is False
+    assert unmeasured["measured_on"]["gradient_flow_leaves"] == "0/1"
 
 
 def test_oscillation_starts_where_the_loss_first_rises_after_onset():
