@@ -58,6 +58,8 @@ RTOL = ATOL = 1e-7
 #: progressively; at h = 0.06 GD settles on a period-2 orbit whose midpoint hovers at 2/h.
 DEEP_LINEAR_SCALE = 0.85
 DEEP_LINEAR_H = 0.06
+#: The name of gradient flow's windows that start and end with the central flow's.
+CENTRAL_BASELINE = "gradient (central's windows)"
 #: Euler substeps per GD step of the central flow (the authors' position-level scheme).
 CENTRAL_SUBSTEPS = 4
 
@@ -412,23 +414,28 @@ def run_case(case, progress):
         central_window = case.central_window or case.window
         _, central_starts = window_starts(checkpoints, onset, case, central_window, oscillating)
         if case.central_k and central_starts:
-            windows["central"] = []
-            make_central = lambda h: (dl.CentralFlow(problem.loss, h, k=case.central_k), "central")
+            # Gradient flow over the very same windows, the baseline the central flow beats or not.
+            windows |= {"central": [], CENTRAL_BASELINE: []}
+            compared = {
+                "central": lambda h: (dl.CentralFlow(problem.loss, h, k=case.central_k), "central"),
+                CENTRAL_BASELINE: flow_factories(problem, step, 1)["gradient"],
+            }
             for first in central_starts[-case.central_windows :]:
-                tic = time.process_time()
-                record = measure_window(
-                    problem,
-                    step,
-                    make_central,
-                    by_step[first]["params"],
-                    h,
-                    case,
-                    central_window,
-                )
-                record["cpu_seconds"] = time.process_time() - tic
-                windows["central"].append({"phase": "after", "start": first, **record})
-                outcome = record.get("failure") or f"{record['average_distance']:.3g}"
-                progress(f"{case.name} h={h:g} central window at {first}: {outcome}")
+                for name, make_flow in compared.items():
+                    tic = time.process_time()
+                    record = measure_window(
+                        problem,
+                        step,
+                        make_flow,
+                        by_step[first]["params"],
+                        h,
+                        case,
+                        central_window,
+                    )
+                    record["cpu_seconds"] = time.process_time() - tic
+                    windows[name].append({"phase": "after", "start": first, **record})
+                    outcome = record.get("failure") or f"{record['average_distance']:.3g}"
+                    progress(f"{case.name} h={h:g} {name} window at {first}: {outcome}")
         jax.clear_caches()
         run = {
             "problem": case.name,
