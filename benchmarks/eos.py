@@ -140,7 +140,7 @@ def _presets():
             central_windows=2,
         ),
         # Not in the fast preset: under the shared machine's load its first sharpness
-        # checkpoint alone took 4 minutes (65 s CPU), so its run did not fit this session.
+        # checkpoint alone took 4 minutes of wall time, so its run did not fit this session.
         Case(
             "cnn-mnist1d",
             lambda: cnn_mnist1d(num_samples=5000),
@@ -574,7 +574,7 @@ def markdown(result) -> str:
                         run["problem"],
                         run["h"],
                         name,
-                        "before EoS" if phase == "before" else "oscillating",
+                        "before EoS" if phase == "before" else "at EoS",
                         f"{len(inside)} x {inside[0].get('length', run['window'])}",
                         fmt(mean("norm_distance")),
                         fmt(mean("average_distance")),
