@@ -3,10 +3,12 @@
 import json
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.flatten_util import ravel_pytree
 
+import driftlab as dl
 from benchmarks import eos
 from driftlab.cli import build_parser
 
@@ -150,3 +152,35 @@ def test_cli_selects_the_suite():
     args = build_parser().parse_args(["bench", "--suite", "eos", "--preset", "smoke"])
     assert (args.suite, args.preset) == ("eos", "smoke")
     assert build_parser().parse_args(["bench"]).suite == "flows"
+
+
+def _quadratic(params, data):
+    return 0.5 * params @ (data["a"] * params)
+
+
+@pytest.mark.parametrize("kind", ["gradient", "central"])
+def test_window_distances_on_a_quadratic_match_the_closed_forms(kind):
+    # L = w^T A w / 2 below the edge (h * 10 = 1 < 2): GD is (I - hA)^n w0, gradient flow
+    # exp(-tA) w0, and the central flow (X = 0 there) by Euler with step h/4 is
+    # (I - hA/4)^(4n) w0; the Hessian is A everywhere, so both endpoint sharpnesses are
+    # h * 10 / 2.
+    a = jnp.array([1.0, 3.0, 10.0])
+    w0 = jnp.array([1.0, -2.0, 0.5])
+    problem = dl.problems.Problem(name="quadratic", loss=_quadratic, params=w0, data={"a": a})
+    h, length = 0.1, 12
+    case = eos.Case("quadratic", None, (h,), window=length, width=1.0)
+    step = dl.GradientDescent(problem.loss)
+    if kind == "central":
+        make = lambda h: (dl.CentralFlow(problem.loss, h, k=1), "central")
+        flow_end = (1 - h * a / eos.CENTRAL_SUBSTEPS) ** (eos.CENTRAL_SUBSTEPS * length) * w0
+    else:
+        make = eos.flow_factories(problem, step, 1)["gradient"]
+        flow_end = jnp.exp(-length * h * a) * w0
+    record = eos.measure_window(problem, step, make, w0, h, case)
+    gd_end = (1 - h * a) ** length * w0
+    distance = float(jnp.linalg.norm(flow_end - gd_end))
+    assert record["distance"] == pytest.approx(distance, rel=1e-5)
+    assert record["norm_distance"] == pytest.approx(distance / float(jnp.linalg.norm(w0)), rel=1e-5)
+    assert record["flow_sharpness_ratio"] == pytest.approx(h * 10 / 2, rel=1e-10)
+    assert record["gd_sharpness_ratio"] == pytest.approx(h * 10 / 2, rel=1e-10)
+    assert record["flow_loss"] == pytest.approx(float(_quadratic(flow_end, problem.data)), rel=1e-5)
