@@ -2,12 +2,17 @@
 
 For each problem and learning rate h: full-batch GD, its loss every step, its
 sharpness (`driftlab.lambda_max`) and accuracy every few steps; then, over windows
-started from GD's iterates before and after the sharpness reaches 2/h, each flow
-is solved from GD's iterate for the window's time and compared with GD at the
-window's end (distance relative to GD's displacement over the window, and the
-error of the predicted loss). The verdicts check Cohen et al.'s findings,
-measured: progressive sharpening, then the sharpness hovering within 10% of 2/h
-while the loss still falls, and gradient flow leaving GD once EoS begins.
+started from GD's iterates before the sharpness reaches 2/h and once GD
+oscillates at the edge, each flow is solved from GD's iterate for the window's
+time (tens to hundreds of steps) and compared with GD: with its iterate at the
+window's end, and with its *time-averaged* iterates (a Gaussian average over a
+few steps, which removes the period-2 oscillation), both relative to the
+parameter norm, plus the sharpness at the flow's endpoint against 2/h and the
+error of the predicted loss. The central flow (Cohen, Damian et al. 2025) is
+compared with GD's time average. The verdicts check Cohen et al. 2021's
+findings, measured: progressive sharpening, then the sharpness hovering within
+10% of 2/h while the loss still falls, and gradient flow leaving GD once EoS
+begins.
 
     python -m benchmarks.eos --preset smoke|fast|full
     driftlab bench --suite eos --preset fast
@@ -42,11 +47,21 @@ from driftlab._tree import tree_norm, tree_sub
 
 #: The band around 2/h that counts as "hovering" (Cohen et al.: "hovers just above").
 HOVER_BAND = 0.10
-#: Gradient flow "leaves GD" when its mean relative window distance after onset is at least
-#: this many times the mean before onset (fixed before the measurements).
+#: Gradient flow "leaves GD" when its mean distance to GD's time-averaged iterates at the end
+#: of windows started once GD oscillates at the edge is at least this many times the mean over
+#: windows of the same length before the sharpness reaches 2/h (fixed before the measurements).
 LEAVE_FACTOR = 3.0
-#: Solver tolerances of the flow windows: far below the distances measured (>= 1e-4 relative).
+#: Solver tolerances of the flow windows: far below the distances measured (>= 1e-5 of the
+#: parameter norm).
 RTOL = ATOL = 1e-7
+#: Deep linear network: a product starting at 0.85^10 = 0.2 of the identity sharpens
+#: progressively; at h = 0.06 GD settles on a period-2 orbit whose midpoint hovers at 2/h.
+DEEP_LINEAR_SCALE = 0.85
+DEEP_LINEAR_H = 0.06
+#: The name of gradient flow's windows that start and end with the central flow's.
+CENTRAL_BASELINE = "gradient (central's windows)"
+#: Euler substeps per GD step of the central flow (the authors' position-level scheme).
+CENTRAL_SUBSTEPS = 4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,10 +71,14 @@ class Case:
     hs: tuple[float, ...]
     num_steps: int = 1500
     every: int = 100  # sharpness, accuracy and window starts every `every` steps
-    window: int = 10  # GD steps per flow window
-    windows_per_phase: int = 1  # windows before and after onset
+    window: int = 100  # GD steps per flow window
+    width: float = 3.0  # sigma (in steps) of the Gaussian time average of GD's iterates
+    windows_per_phase: int = 2  # windows before onset and once GD oscillates
     principal_k: int = 3  # Ritz pairs of the Lanczos principal flow
     flows: tuple[str, ...] = ("gradient", "igr", "modified-2", "principal")
+    central_k: int = 0  # top eigenpairs of the central flow (0: no central flow)
+    central_window: int = 0  # its windows' length, in steps (0: `window`)
+    central_windows: int = 1  # the last this many oscillating-phase windows get it
 
 
 def _presets():
@@ -72,16 +91,42 @@ def _presets():
             (0.06,),
             num_steps=40,
             every=10,
-            window=4,
+            window=8,
+            width=1.0,
             windows_per_phase=1,
             principal_k=2,
             flows=("gradient", "igr"),
         ),
     ]
     fast = [
-        Case("fc-digits", lambda: fc_digits(width=200, depth=2, num_samples=1000), (0.035,)),
-        Case("cnn-mnist1d", lambda: cnn_mnist1d(num_samples=500), (0.035,)),
-        Case("deep-linear", lambda: deep_linear(dim=20, depth=10, num_samples=500), (0.03,)),
+        Case(
+            "fc-digits",
+            lambda: fc_digits(width=200, depth=2, num_samples=1000),
+            (0.035,),
+            # GD's sharpness passes 2/h at step 800 and its loss first rises ~300 steps
+            # later: windows of 400 steps from the onset see it. IGR, ModifiedFlow and the
+            # principal flow over such windows cost minutes each at 55k parameters: they
+            # are compared on deep-linear here and on fc-digits in the full preset.
+            window=400,
+            flows=("gradient",),
+            central_k=1,
+            central_window=40,
+        ),
+        Case(
+            "deep-linear",
+            lambda: deep_linear(dim=20, depth=10, num_samples=500, init_scale=DEEP_LINEAR_SCALE),
+            (DEEP_LINEAR_H,),
+            # Its sharpness passes 2/h within 10 steps, during the first fit, so no window
+            # fits before the onset; from there GD settles on a period-2 orbit.
+            num_steps=800,
+            every=20,
+            window=40,
+            # The principal flow's complex field over 40-step windows at EoS outlasted the
+            # preset's budget (over 15 CPU minutes with no window finished): full preset only.
+            flows=("gradient", "igr", "modified-2"),
+            central_k=2,
+            central_windows=2,
+        ),
     ]
     full = [
         dataclasses.replace(
@@ -91,22 +136,29 @@ def _presets():
             num_steps=5000,
             every=50,
             windows_per_phase=4,
+            flows=("gradient", "igr", "modified-2"),
+            central_windows=2,
+        ),
+        # Not in the fast preset: under the shared machine's load its first sharpness
+        # checkpoint alone took 4 minutes of wall time, so its run did not fit this session.
+        Case(
+            "cnn-mnist1d",
+            lambda: cnn_mnist1d(num_samples=5000),
+            (0.03, 0.035),
+            num_steps=5000,
+            every=50,
+            window=400,
+            windows_per_phase=4,
+            flows=("gradient", "igr"),
         ),
         dataclasses.replace(
             fast[1],
-            make_problem=lambda: cnn_mnist1d(num_samples=5000),
-            hs=(0.03, 0.035),
-            num_steps=5000,
-            every=50,
+            make_problem=lambda: deep_linear(
+                dim=20, depth=10, num_samples=1000, init_scale=DEEP_LINEAR_SCALE
+            ),
+            num_steps=2000,
             windows_per_phase=4,
-        ),
-        dataclasses.replace(
-            fast[2],
-            make_problem=lambda: deep_linear(dim=50, depth=20, num_samples=1000),
-            hs=(0.01,),
-            num_steps=5000,
-            every=50,
-            windows_per_phase=4,
+            flows=("gradient", "igr", "modified-2", "principal"),
         ),
     ]
     return {"smoke": smoke, "fast": fast, "full": full}
@@ -121,10 +173,6 @@ def flow_factories(problem, step, k: int) -> dict:
         # Beyond h * lambda = 1 the principal flow's field is complex: it runs on a complex
         # state whose real part is compared with GD.
         "principal": lambda h: (dl.PrincipalFlow(problem.loss, h, method="lanczos", k=k), True),
-        # CENTRAL FLOW HOOK: once `driftlab.CentralFlow` exists (issue: central flow), add
-        #     "central": lambda h: (dl.CentralFlow(problem.loss, h), False),
-        # here; it models GD's time average at EoS, so compare it also with GD averaged
-        # over the window's last steps.
     }
 
 
@@ -146,10 +194,15 @@ def run_gd(problem, h, case, report):
     params, losses, checkpoints = problem.params, [], []
     for start in range(0, case.num_steps + 1, case.every):
         sharpness = dl.lambda_max(problem.loss, params, problem.data)
+        following, _ = chunk(params, h, problem.data, 1)
+        midpoint = jtu.tree_map(lambda a, b: (a + b) / 2, params, following)
         checkpoints.append(
             {
                 "step": start,
                 "sharpness": sharpness,
+                # GD can settle on a period-2 orbit whose two iterates straddle 2/h (a
+                # deep linear network does): the midpoint is what hovers at 2/h there.
+                "midpoint_sharpness": dl.lambda_max(problem.loss, midpoint, problem.data),
                 "accuracy": float(problem.loss.accuracy(params, problem.data)),
                 "loss": float(problem.loss(params, problem.data)),
                 "params": params,
@@ -176,15 +229,34 @@ def onset_step(checkpoints, h):
     return None
 
 
-def window_starts(checkpoints, onset, case):
-    """`windows_per_phase` checkpoints before onset (from a fifth of the way in) and after."""
-    last = case.num_steps - case.window
+def oscillation_step(losses, onset):
+    """The first step from `onset` on where GD's loss goes *up*, or None.
+
+    Past 2/h the unstable component along the top eigenvector starts at
+    round-off and grows by |1 - h lambda| per step; until it is large, GD
+    still follows its stable path (and gradient flow with it). A rising loss is
+    the first measured sign that GD oscillates.
+    """
+    if onset is None:
+        return None
+    rises = np.flatnonzero(np.diff(np.asarray(losses[onset:])) > 0)
+    return onset + int(rises[0]) if rises.size else None
+
+
+def window_starts(checkpoints, onset, case, window=None, first_after=None):
+    """Window starts: `windows_per_phase` checkpoints before onset, whole windows before it
+    (from a fifth of the way in), and as many from `first_after` (default: the onset) on.
+
+    A window started at the onset must be long enough to see what GD does once
+    its unstable component has grown (hundreds of steps on fc-digits)."""
+    window = case.window if window is None else window
+    last = case.num_steps - window
     steps = [p["step"] for p in checkpoints if p["step"] <= last]
     if onset is None:
         before, after = [s for s in steps if s >= case.num_steps // 5], []
     else:
-        before = [s for s in steps if onset // 5 <= s < onset]
-        after = [s for s in steps if s >= onset]
+        before = [s for s in steps if onset // 5 <= s <= onset - window]
+        after = [s for s in steps if s >= (onset if first_after is None else first_after)]
     pick = lambda options: (
         [
             options[i]
@@ -198,33 +270,76 @@ def window_starts(checkpoints, onset, case):
     return pick(before), pick(after)
 
 
-def measure_window(problem, step, make_flow, params, h, case):
-    """One flow over one window from GD's iterate `params`; failures are data."""
-    gd_end = dl.integrators.advance(step, params, h, case.window, problem.data)
-    displacement = float(tree_norm(tree_sub(gd_end, params)))
-    gd_loss = float(problem.loss(gd_end, problem.data))
+def _gd_window(problem, step, params, h, length):
+    gd = dl.integrators.iterate(step, params, h, length, problem.data)
+    return gd, jtu.tree_map(lambda x: x[-1], gd)
+
+
+def measure_window(problem, step, make_flow, params, h, case, length=None):
+    """One flow over one window from GD's iterate `params`; failures are data.
+
+    Distances are relative to the parameter norm at the window's start (GD's own
+    displacement grows at the edge, where it oscillates, so it is no yardstick).
+    """
+    length = case.window if length is None else length
+    gd, gd_end = _gd_window(problem, step, params, h, length)
+    norm = float(tree_norm(params))
+    ts = h * jnp.arange(length + 1)
+    predicted_loss = None
     try:
-        flow, complex_state = make_flow(h)
-        start = params
-        if complex_state:
-            start = jtu.tree_map(lambda x: x.astype(jnp.complex128), params)
-        end = dl.solve(flow, start, case.window * h, args=problem.data, rtol=RTOL, atol=ATOL)
-        end = jtu.tree_map(jnp.real, end)
-    except (dl.DriftlabError, ValueError) as error:
+        flow, kind = make_flow(h)
+        if kind == "central":
+            states, _ = flow.integrate(params, length, problem.data, substeps=CENTRAL_SUBSTEPS)
+            predicted_loss = flow.predicted_loss
+        else:
+            start = params
+            if kind:
+                start = jtu.tree_map(lambda x: x.astype(jnp.complex128), params)
+            states = dl.solve(flow, start, ts[-1], ts=ts, args=problem.data, rtol=RTOL, atol=ATOL)
+            states = jtu.tree_map(jnp.real, states)
+        averaged = dl.analysis.distance_to_time_average(
+            step,
+            flow,
+            params,
+            h,
+            length,
+            problem.data,
+            width=case.width,
+            flow_states=states,
+            predicted_loss=predicted_loss,
+        )
+    except (dl.DriftlabError, ValueError, eqx.EquinoxRuntimeError) as error:
         return {"failure": f"{type(error).__name__}: {str(error)[:160]}"}
+    end = jtu.tree_map(lambda x: x[-1], states)
     distance = float(tree_norm(tree_sub(end, gd_end)))
     flow_loss = float(problem.loss(end, problem.data))
+    gd_loss = float(problem.loss(gd_end, problem.data))
     return {
+        "length": length,
         "distance": distance,
-        "relative_distance": distance / displacement,
+        "norm_distance": distance / norm,
+        "relative_distance": distance / float(tree_norm(tree_sub(gd_end, params))),
+        "average_distance": float(averaged.distance[-1]) / norm,
+        "average_steps": averaged.steps.tolist(),
+        "average_distances": (averaged.distance / norm).tolist(),
+        "averaged_loss": averaged.averaged_loss.tolist(),
+        "flow_losses": averaged.flow_loss.tolist(),
+        "average_loss_error": float(averaged.loss_error[-1] / abs(averaged.averaged_loss[-1])),
         "flow_loss": flow_loss,
         "gd_loss": gd_loss,
         "loss_error": abs(flow_loss - gd_loss) / gd_loss,
+        "flow_sharpness_ratio": h * dl.lambda_max(problem.loss, end, problem.data) / 2,
+        "gd_sharpness_ratio": h * dl.lambda_max(problem.loss, gd_end, problem.data) / 2,
     }
 
 
-def _distances(windows, phase):
-    return [w["relative_distance"] for w in windows if w["phase"] == phase and "distance" in w]
+def _values(windows, phase, key="average_distance"):
+    return [w[key] for w in windows if w["phase"] == phase and key in w]
+
+
+def _hovers(ratios) -> bool:
+    deviation = np.abs(ratios - 1)
+    return bool(np.mean(deviation <= HOVER_BAND) >= 0.8 and np.median(deviation) <= HOVER_BAND)
 
 
 def verdicts(run) -> dict:
@@ -241,21 +356,30 @@ def verdicts(run) -> dict:
     every = steps[1] - steps[0]
     loss_at_onset = float(np.mean(losses[onset : onset + every]))
     loss_at_end = float(np.mean(losses[-every:]))
+    midpoints = np.array([p["midpoint_sharpness"] * h / 2 for p in points])[steps >= onset]
     result |= {
         "progressive_sharpening": bool(ratios[0] < 1 - HOVER_BAND and after[0] >= 1),
         "fraction_within_band": float(np.mean(within)),
         "median_deviation": float(np.median(np.abs(after - 1))),
-        "hovering": bool(np.mean(within) >= 0.8 and np.median(np.abs(after - 1)) <= HOVER_BAND),
+        "hovering": _hovers(after),
+        "midpoint_fraction_within_band": float(np.mean(np.abs(midpoints - 1) <= HOVER_BAND)),
+        "midpoint_median_deviation": float(np.median(np.abs(midpoints - 1))),
+        "midpoint_hovering": _hovers(midpoints),
         "loss_at_onset": loss_at_onset,
         "loss_at_end": loss_at_end,
         "loss_still_falls": bool(loss_at_end < loss_at_onset),
     }
     gradient = run["windows"].get("gradient", [])
-    before = _distances(gradient, "before")
-    later = _distances(gradient, "after")
+    before, later = _values(gradient, "before"), _values(gradient, "after")
     if before and later:
         factor = float(np.mean(later) / np.mean(before))
-        result |= {"gradient_flow_factor": factor, "gradient_flow_leaves": factor >= LEAVE_FACTOR}
+        flow_sharpness = _values(gradient, "after", "flow_sharpness_ratio")
+        result |= {
+            "gradient_flow_factor": factor,
+            "gradient_flow_leaves": factor >= LEAVE_FACTOR,
+            "gradient_flow_sharpness_after": float(np.min(flow_sharpness)),
+            "gradient_flow_sharpens_past_2/h": bool(np.min(flow_sharpness) > 1 + HOVER_BAND),
+        }
     return result
 
 
@@ -270,19 +394,49 @@ def run_case(case, progress):
         start = time.perf_counter()
         losses, checkpoints = run_gd(problem, h, case, progress)
         onset = onset_step(checkpoints, h)
-        progress(f"{case.name} h={h:g}: GD done, onset {onset}")
+        oscillating = oscillation_step(losses, onset)
+        progress(f"{case.name} h={h:g}: GD done, onset {onset}, loss rises from {oscillating}")
         by_step = {p["step"]: p for p in checkpoints}
         before, after = window_starts(checkpoints, onset, case)
         windows = {name: [] for name in flows}
-        for phase, starts in (("before", before), ("after", after)):
-            for first in starts:
-                for name, make_flow in flows.items():
+        jobs = [("before", first) for first in before] + [("after", first) for first in after]
+        for phase, first in jobs:
+            for name, make_flow in flows.items():
+                record = measure_window(problem, step, make_flow, by_step[first]["params"], h, case)
+                windows[name].append({"phase": phase, "start": first, **record})
+                outcome = record.get("failure") or (
+                    f"|flow - GD average| / |w| {record['average_distance']:.3g}, "
+                    f"h S_flow / 2 {record['flow_sharpness_ratio']:.3f}"
+                )
+                progress(f"{case.name} h={h:g} {name} window at {first} ({phase}): {outcome}")
+        # The central flow models GD's oscillation at its equilibrium size: its windows start
+        # once GD's loss has risen (GD oscillates), not at the onset.
+        central_window = case.central_window or case.window
+        _, central_starts = window_starts(checkpoints, onset, case, central_window, oscillating)
+        if case.central_k and central_starts:
+            # Gradient flow over the very same windows, the baseline the central flow beats or not.
+            windows |= {"central": [], CENTRAL_BASELINE: []}
+            compared = {
+                "central": lambda h: (dl.CentralFlow(problem.loss, h, k=case.central_k), "central"),
+                CENTRAL_BASELINE: flow_factories(problem, step, 1)["gradient"],
+            }
+            for first in central_starts[-case.central_windows :]:
+                for name, make_flow in compared.items():
+                    tic = time.process_time()
                     record = measure_window(
-                        problem, step, make_flow, by_step[first]["params"], h, case
+                        problem,
+                        step,
+                        make_flow,
+                        by_step[first]["params"],
+                        h,
+                        case,
+                        central_window,
                     )
-                    windows[name].append({"phase": phase, "start": first, **record})
-                    outcome = record.get("failure") or f"{record['relative_distance']:.3g}"
-                    progress(f"{case.name} h={h:g} {name} window at {first} ({phase}): {outcome}")
+                    record["cpu_seconds"] = time.process_time() - tic
+                    windows[name].append({"phase": "after", "start": first, **record})
+                    outcome = record.get("failure") or f"{record['average_distance']:.3g}"
+                    progress(f"{case.name} h={h:g} {name} window at {first}: {outcome}")
+        jax.clear_caches()
         run = {
             "problem": case.name,
             "num_params": num_params,
@@ -292,7 +446,9 @@ def run_case(case, progress):
             "losses": losses,
             "checkpoints": [{k: v for k, v in p.items() if k != "params"} for p in checkpoints],
             "onset_step": onset,
+            "oscillation_step": oscillating,
             "window": case.window,
+            "width": case.width,
             "windows": windows,
             "seconds": time.perf_counter() - start,
         }
@@ -302,17 +458,28 @@ def run_case(case, progress):
 
 
 def overall_verdict(runs) -> dict:
-    """Each finding holds on every run that reached EoS (and at least one did)."""
+    """Each finding holds on every run that reached EoS and where it was measured (and at
+    least one such run exists); `measured_on` counts those runs per finding (gradient
+    flow's factor needs a whole window before the onset, which a run may not have)."""
     reached = [r["verdict"] for r in runs if r["verdict"]["reached_eos"]]
-    keys = ["progressive_sharpening", "hovering", "loss_still_falls", "gradient_flow_leaves"]
+    keys = [
+        "progressive_sharpening",
+        "hovering",
+        "midpoint_hovering",
+        "loss_still_falls",
+        "gradient_flow_leaves",
+        "gradient_flow_sharpens_past_2/h",
+    ]
+    measured = {key: [v[key] for v in reached if key in v] for key in keys}
     return {
         "runs_reaching_eos": f"{len(reached)}/{len(runs)}",
-        **{key: bool(reached) and all(v.get(key, False) for v in reached) for key in keys},
+        **{key: bool(values) and all(values) for key, values in measured.items()},
+        "measured_on": {key: f"{len(values)}/{len(reached)}" for key, values in measured.items()},
     }
 
 
 def _mean_over(windows, phase, key):
-    values = [w[key] for w in windows if w["phase"] == phase and key in w]
+    values = _values(windows, phase, key)
     return float(np.mean(values)) if values else None
 
 
@@ -327,9 +494,22 @@ def markdown(result) -> str:
         "",
         "## Verdict (Cohen et al. 2021, measured)",
         "",
-        markdown_table(["finding", "holds"], [[k, str(v)] for k, v in result["verdict"].items()]),
+        markdown_table(
+            ["finding", "holds", "measured on (runs at EoS)"],
+            [
+                [key, str(value), result["verdict"]["measured_on"].get(key, "-")]
+                for key, value in result["verdict"].items()
+                if key != "measured_on"
+            ],
+        ),
         "",
         "## Runs",
+        "",
+        "Sharpness ratios are h S / 2 at GD's iterates (every few steps) and at the midpoint "
+        "of two consecutive iterates; 'loss rises' is the first step from the onset where "
+        "GD's loss goes up (it oscillates). GF factor: gradient flow's distance to GD's "
+        "time average at the end of windows once GD oscillates over the same before onset; "
+        "GF sharpness: the smallest h S / 2 at gradient flow's endpoints of those windows.",
         "",
     ]
     rows = []
@@ -342,10 +522,13 @@ def markdown(result) -> str:
                 run["h"],
                 fmt(v["initial_ratio"]),
                 run["onset_step"] if run["onset_step"] is not None else "never",
-                fmt(v.get("fraction_within_band")),
-                fmt(v.get("median_deviation")),
+                run.get("oscillation_step") if run.get("oscillation_step") is not None else "-",
+                f"{fmt(v.get('fraction_within_band'))} / "
+                f"{fmt(v.get('midpoint_fraction_within_band'))}",
+                f"{fmt(v.get('median_deviation'))} / {fmt(v.get('midpoint_median_deviation'))}",
                 f"{fmt(v.get('loss_at_onset'))} -> {fmt(v.get('loss_at_end'))}",
                 fmt(v.get("gradient_flow_factor")),
+                fmt(v.get("gradient_flow_sharpness_after")),
                 fmt(run["checkpoints"][-1]["accuracy"]),
             ]
         )
@@ -357,10 +540,12 @@ def markdown(result) -> str:
                 "h",
                 "h S0 / 2",
                 "onset step",
-                "fraction within 10% of 2/h",
-                "median abs(h S / 2 - 1)",
+                "loss rises",
+                "within 10% of 2/h (iterates / midpoints)",
+                "median abs(h S / 2 - 1) (iterates / midpoints)",
                 "loss onset -> end",
-                "GF distance after / before",
+                "GF factor",
+                "GF sharpness",
                 "final accuracy",
             ],
             rows,
@@ -368,37 +553,53 @@ def markdown(result) -> str:
     )
     lines += ["", "## Flows over windows from GD's iterates", ""]
     lines.append(
-        "Mean over windows of the distance to GD at the window's end relative to GD's "
-        "displacement over the window, and of the relative error of the predicted loss."
+        "Means over windows. Distances at the window's end, relative to the parameter norm "
+        "at its start: to GD's iterate, and to GD's time-averaged iterate (Gaussian, sigma "
+        "= `width` steps, compared where the average's window fits). h S / 2 at the flow's "
+        "and at GD's endpoint. Loss errors relative: the flow's loss against GD's at the end, "
+        "and against GD's time-averaged loss (the central flow's is its prediction "
+        "L + <H, Sigma> / 2)."
     )
     lines.append("")
     rows = []
     for run in result["runs"]:
         for name, windows in run["windows"].items():
-            failures = sum("failure" in w for w in windows)
-            rows.append(
-                [
-                    run["problem"],
-                    run["h"],
-                    name,
-                    fmt(_mean_over(windows, "before", "relative_distance")),
-                    fmt(_mean_over(windows, "after", "relative_distance")),
-                    fmt(_mean_over(windows, "before", "loss_error")),
-                    fmt(_mean_over(windows, "after", "loss_error")),
-                    failures,
-                ]
-            )
+            for phase in ("before", "after"):
+                inside = [w for w in windows if w["phase"] == phase]
+                if not inside:
+                    continue
+                mean = lambda key: _mean_over(inside, phase, key)
+                rows.append(
+                    [
+                        run["problem"],
+                        run["h"],
+                        name,
+                        "before EoS" if phase == "before" else "at EoS",
+                        f"{len(inside)} x {inside[0].get('length', run['window'])}",
+                        fmt(mean("norm_distance")),
+                        fmt(mean("average_distance")),
+                        fmt(mean("flow_sharpness_ratio")),
+                        fmt(mean("gd_sharpness_ratio")),
+                        fmt(mean("loss_error")),
+                        fmt(mean("average_loss_error")),
+                        sum("failure" in w for w in inside),
+                    ]
+                )
     lines.append(
         markdown_table(
             [
                 "problem",
                 "h",
                 "flow",
-                "distance before EoS",
-                "distance at EoS",
-                "loss error before",
-                "loss error at EoS",
-                "failed windows",
+                "phase",
+                "windows x steps",
+                "to GD / norm",
+                "to GD's average / norm",
+                "h S / 2, flow",
+                "h S / 2, GD",
+                "loss error",
+                "error vs averaged loss",
+                "failed",
             ],
             rows,
         )
@@ -416,42 +617,58 @@ def figures(result, output) -> list[str]:
     names = []
     for problem in dict.fromkeys(r["problem"] for r in result["runs"]):
         runs = [r for r in result["runs"] if r["problem"] == problem]
-        fig, axes = plt.subplots(1, 3, figsize=(16, 4.4))
+        fig, axes = plt.subplots(1, 3, figsize=(17, 4.6))
         for run in runs:
             steps = [p["step"] for p in run["checkpoints"]]
             line = axes[0].plot(steps, [p["sharpness"] for p in run["checkpoints"]], "o-", ms=2)
-            axes[0].axhline(2 / run["h"], color=line[0].get_color(), ls="--", lw=1)
-            axes[0].plot([], [], color=line[0].get_color(), label=f"h={run['h']:g} (-- 2/h)")
+            color = line[0].get_color()
+            axes[0].plot(
+                steps, [p["midpoint_sharpness"] for p in run["checkpoints"]], "x:", color=color
+            )
+            axes[0].axhline(2 / run["h"], color=color, ls="--", lw=1)
+            axes[0].plot([], [], color=color, label=f"h={run['h']:g}: GD (x: midpoints, -- 2/h)")
+            ok = [w for w in run["windows"].get("gradient", []) if "flow_sharpness_ratio" in w]
+            axes[0].plot(
+                [w["start"] + w["length"] for w in ok],
+                [2 * w["flow_sharpness_ratio"] / run["h"] for w in ok],
+                "^",
+                color=color,
+                ms=7,
+                label="gradient flow at its window's end",
+            )
         axes[0].set(xlabel="step", ylabel="sharpness", title=f"{problem}: sharpness vs 2/h")
-        axes[0].legend(fontsize=8)
+        axes[0].legend(fontsize=7)
         run = runs[-1]
-        axes[1].semilogy(run["losses"], color="k", lw=0.8, label="GD")
+        axes[1].semilogy(run["losses"], color="0.7", lw=0.6, label="GD")
+        colors = {name: f"C{i}" for i, name in enumerate(run["windows"])}
         for name, windows in run["windows"].items():
-            ok = [w for w in windows if "flow_loss" in w]
-            axes[1].semilogy(
-                [w["start"] + run["window"] for w in ok],
-                [w["flow_loss"] for w in ok],
-                "o",
-                ms=5,
-                label=name,
-            )
-        if run["onset_step"] is not None:
-            axes[1].axvline(run["onset_step"], color="gray", ls=":")
+            for i, w in enumerate(x for x in windows if "flow_losses" in x):
+                at = [w["start"] + s for s in w["average_steps"]]
+                axes[1].semilogy(at, w["averaged_loss"], "k", lw=1.5)
+                axes[1].semilogy(
+                    at, w["flow_losses"], color=colors[name], lw=1.2, label=None if i else name
+                )
+        axes[1].plot([], [], "k", lw=1.5, label="GD, time-averaged")
+        for at, style in ((run["onset_step"], ":"), (run.get("oscillation_step"), "-.")):
+            if at is not None:
+                axes[1].axvline(at, color="gray", ls=style)
+                axes[2].axvline(at, color="gray", ls=style)
         axes[1].set(xlabel="step", ylabel="loss", title=f"loss, h={run['h']:g}: GD and each flow")
-        axes[1].legend(fontsize=8)
+        axes[1].legend(fontsize=7)
         for name, windows in run["windows"].items():
-            ok = [w for w in windows if "relative_distance" in w]
-            axes[2].semilogy(
-                [w["start"] for w in ok], [w["relative_distance"] for w in ok], "o-", label=name
-            )
-        if run["onset_step"] is not None:
-            axes[2].axvline(run["onset_step"], color="gray", ls=":", label="sharpness = 2/h")
+            for i, w in enumerate(x for x in windows if "average_distances" in x):
+                axes[2].semilogy(
+                    [w["start"] + s for s in w["average_steps"]],
+                    w["average_distances"],
+                    color=colors[name],
+                    label=None if i else name,
+                )
         axes[2].set(
-            xlabel="window start (step)",
-            ylabel="|flow - GD| / |GD displacement|",
-            title=f"error per window of {run['window']} steps",
+            xlabel="step (: sharpness = 2/h, -. GD's loss first rises)",
+            ylabel="|flow - GD's time average| / |w|",
+            title=f"error per window (Gaussian average, sigma = {run['width']:g} steps)",
         )
-        axes[2].legend(fontsize=8)
+        axes[2].legend(fontsize=7)
         fig.tight_layout()
         name = f"eos_{problem}.png"
         fig.savefig(os.path.join(output, name), dpi=90)
@@ -464,6 +681,8 @@ def report(result, output) -> dict:
     """Figures, JSON and Markdown of a finished result (also of merged partial runs)."""
     result["verdict"] = overall_verdict(result["runs"])
     os.makedirs(output, exist_ok=True)
+    result["figures"] = []
+    write_json_atomic(result, os.path.join(output, "eos.json"))
     result["figures"] = figures(result, output)
     write_json_atomic(result, os.path.join(output, "eos.json"))
     write_text_atomic(markdown(result), os.path.join(output, "eos.md"))

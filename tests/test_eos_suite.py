@@ -3,10 +3,12 @@
 import json
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.flatten_util import ravel_pytree
 
+import driftlab as dl
 from benchmarks import eos
 from driftlab.cli import build_parser
 
@@ -66,14 +68,22 @@ def test_below_eos_igr_follows_gd_better_than_gradient_flow(smoke):
         assert igr["relative_distance"] < 0.5 * gradient["relative_distance"]
 
 
-def _synthetic_run(ratios, losses, gradient_before, gradient_after, h=0.1, every=10):
+def _synthetic_run(
+    ratios, losses, gradient_before, gradient_after, flow_sharpness=1.5, h=0.1, every=10
+):
     steps = every * np.arange(len(ratios))
     onset = next((int(s) for s, r in zip(steps, ratios) if r >= 1), None)
-    windows = [{"phase": "before", "relative_distance": d, "distance": d} for d in gradient_before]
-    windows += [{"phase": "after", "relative_distance": d, "distance": d} for d in gradient_after]
+    windows = [{"phase": "before", "average_distance": d} for d in gradient_before]
+    windows += [
+        {"phase": "after", "average_distance": d, "flow_sharpness_ratio": flow_sharpness}
+        for d in gradient_after
+    ]
     return {
         "h": h,
-        "checkpoints": [{"step": int(s), "sharpness": 2 * r / h} for s, r in zip(steps, ratios)],
+        "checkpoints": [
+            {"step": int(s), "sharpness": 2 * r / h, "midpoint_sharpness": 2 * min(r, 1.0) / h}
+            for s, r in zip(steps, ratios)
+        ],
         "onset_step": onset,
         "losses": list(losses),
         "windows": {"gradient": windows},
@@ -85,26 +95,92 @@ def test_verdict_recognises_the_edge_of_stability():
     losses = np.linspace(1.0, 0.1, 80)
     verdict = eos.verdicts(_synthetic_run(ratios, losses, [0.01, 0.02], [0.2, 0.3]))
     assert verdict["reached_eos"] and verdict["progressive_sharpening"]
-    assert verdict["hovering"] and verdict["loss_still_falls"]
+    assert verdict["hovering"] and verdict["midpoint_hovering"] and verdict["loss_still_falls"]
     assert verdict["gradient_flow_factor"] == pytest.approx(0.25 / 0.015)
-    assert verdict["gradient_flow_leaves"]
+    assert verdict["gradient_flow_leaves"] and verdict["gradient_flow_sharpens_past_2/h"]
+    both = eos.overall_verdict(
+        [{"verdict": verdict}, {"verdict": eos.verdicts(_synthetic_run(ratios, losses, [], [0.2]))}]
+    )
+    assert both["gradient_flow_leaves"] and both["measured_on"]["gradient_flow_leaves"] == "1/2"
 
 
 def test_verdict_rejects_what_is_not_the_edge_of_stability():
     # Starts at the edge (no sharpening), overshoots 2/h by 30%, loss rises, GF keeps tracking.
     ratios = [1.0, 1.3, 1.3, 1.25, 1.3]
     losses = np.linspace(0.1, 1.0, 50)
-    verdict = eos.verdicts(_synthetic_run(ratios, losses, [0.01], [0.02]))
+    verdict = eos.verdicts(_synthetic_run(ratios, losses, [0.01], [0.02], flow_sharpness=1.05))
     assert not verdict["progressive_sharpening"]
     assert not verdict["hovering"]
+    # The midpoints of a period-2 orbit may hover where the iterates do not.
+    assert verdict["midpoint_hovering"]
     assert not verdict["loss_still_falls"]
     assert not verdict["gradient_flow_leaves"]
+    assert not verdict["gradient_flow_sharpens_past_2/h"]
     never = eos.verdicts(_synthetic_run([0.2, 0.5, 0.8], np.ones(30), [0.1], []))
     assert never == {"reached_eos": False, "initial_ratio": 0.2}
     assert eos.overall_verdict([{"verdict": never}])["hovering"] is False
+    # A finding not measured on a run (no window before its onset) is judged on the others.
+    runs = [{"verdict": verdict}, {"verdict": eos.verdicts(_synthetic_run(ratios, losses, [], []))}]
+    overall = eos.overall_verdict(runs)
+    assert overall["measured_on"]["gradient_flow_leaves"] == "1/2"
+    assert overall["gradient_flow_leaves"] is False and overall["hovering"] is False
+    unmeasured = eos.overall_verdict(runs[1:])
+    assert unmeasured["gradient_flow_leaves"] is False
+    assert unmeasured["measured_on"]["gradient_flow_leaves"] == "0/1"
+
+
+def test_oscillation_starts_where_the_loss_first_rises_after_onset():
+    losses = [5.0, 4.0, 4.5, 3.0, 2.0, 1.9, 1.95, 1.0]
+    assert eos.oscillation_step(losses, None) is None
+    assert eos.oscillation_step(losses, 0) == 1  # losses[2] > losses[1]
+    assert eos.oscillation_step(losses, 3) == 5  # losses[6] > losses[5]
+    assert eos.oscillation_step(losses, 7) is None
+
+
+def test_windows_before_onset_end_before_it_and_the_others_start_from_onset():
+    case = eos.Case("x", None, (0.1,), num_steps=1000, every=50, window=100, windows_per_phase=3)
+    checkpoints = [{"step": s} for s in range(0, 1001, 50)]
+    before, after = eos.window_starts(checkpoints, 600, case)
+    assert before == [150, 350, 500] and after == [600, 750, 900]
+    before, after = eos.window_starts(checkpoints, 600, case, window=40, first_after=730)
+    assert before == [150, 350, 550] and after == [750, 850, 950]
+    before, after = eos.window_starts(checkpoints, None, case)
+    assert before == [200, 550, 900] and after == []
 
 
 def test_cli_selects_the_suite():
     args = build_parser().parse_args(["bench", "--suite", "eos", "--preset", "smoke"])
     assert (args.suite, args.preset) == ("eos", "smoke")
     assert build_parser().parse_args(["bench"]).suite == "flows"
+
+
+def _quadratic(params, data):
+    return 0.5 * params @ (data["a"] * params)
+
+
+@pytest.mark.parametrize("kind", ["gradient", "central"])
+def test_window_distances_on_a_quadratic_match_the_closed_forms(kind):
+    # L = w^T A w / 2 below the edge (h * 10 = 1 < 2): GD is (I - hA)^n w0, gradient flow
+    # exp(-tA) w0, and the central flow (X = 0 there) by Euler with step h/4 is
+    # (I - hA/4)^(4n) w0; the Hessian is A everywhere, so both endpoint sharpnesses are
+    # h * 10 / 2.
+    a = jnp.array([1.0, 3.0, 10.0])
+    w0 = jnp.array([1.0, -2.0, 0.5])
+    problem = dl.problems.Problem(name="quadratic", loss=_quadratic, params=w0, data={"a": a})
+    h, length = 0.1, 12
+    case = eos.Case("quadratic", None, (h,), window=length, width=1.0)
+    step = dl.GradientDescent(problem.loss)
+    if kind == "central":
+        make = lambda h: (dl.CentralFlow(problem.loss, h, k=1), "central")
+        flow_end = (1 - h * a / eos.CENTRAL_SUBSTEPS) ** (eos.CENTRAL_SUBSTEPS * length) * w0
+    else:
+        make = eos.flow_factories(problem, step, 1)["gradient"]
+        flow_end = jnp.exp(-length * h * a) * w0
+    record = eos.measure_window(problem, step, make, w0, h, case)
+    gd_end = (1 - h * a) ** length * w0
+    distance = float(jnp.linalg.norm(flow_end - gd_end))
+    assert record["distance"] == pytest.approx(distance, rel=1e-5)
+    assert record["norm_distance"] == pytest.approx(distance / float(jnp.linalg.norm(w0)), rel=1e-5)
+    assert record["flow_sharpness_ratio"] == pytest.approx(h * 10 / 2, rel=1e-10)
+    assert record["gd_sharpness_ratio"] == pytest.approx(h * 10 / 2, rel=1e-10)
+    assert record["flow_loss"] == pytest.approx(float(_quadratic(flow_end, problem.data)), rel=1e-5)
