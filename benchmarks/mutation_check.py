@@ -176,8 +176,8 @@ MUTANTS = [
     Mutant(
         "floor-rule",
         "driftlab/analysis/_order.py",
-        "used = np.isfinite(errors) & (errors >= 10 * floors)",
-        "used = np.isfinite(errors) & (errors >= 1 * floors)",
+        "FLOOR_MARGIN = 10.0",
+        "FLOOR_MARGIN = 1.0",
         ("tests/test_analysis.py::test_round_off_floor_points_are_excluded_and_reported",),
         "the fit using points within 10x of the floor",
     ),
