@@ -358,6 +358,7 @@ def expectation(problem: str, optimiser: str, flow: str, order: int | None) -> E
         return Expectation(None, None, "no flow was built")
     reasons = {
         "gradient": "order 0: the map's Euler field",
+        "principal": "order 1: GD's modified flow through h; misses third-derivative terms at h^2",
         "principal-lanczos": "order 1: GD's modified flow through h; misses third-derivative "
         "terms at h^2 (exact on quadratics when the top-k Ritz pairs hold every h lambda > 1)",
         "exact-batch-sgd": "order 1 for the fixed order of the epoch",
