@@ -18,7 +18,9 @@ it records:
 - on the quadratic with GD, the global error in closed form (`quadratic_closed_form`);
 - failures, as data: a flow that does not exist at that $h$ (heavy-ball's slow
   manifold beyond $h\lambda < (1-\sqrt\beta)^2$, the principal flow at
-  $h\lambda_i = 1$, a solve that blows up) is recorded with its message.
+  $h\lambda_i = 1$ or where an eigenvalue of the Hessian crosses $1/h$ along GD's path
+  (found before solving: `path_spectrum`, recorded per grid point), a solve that blows
+  up) is recorded with its message.
 
 Maps with auxiliary state start on the flow's slow manifold (`flow.slow_state`). Local
 slopes use the points with $x \le$ `FIT_MAX`, global slopes $x \le$ `GLOBAL_FIT_MAX`,
