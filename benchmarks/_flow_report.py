@@ -10,8 +10,9 @@ from ._common import fmt, markdown_table
 from ._flow_cases import FIT_MAX, GLOBAL_FIT_MAX, TRACKING_TOLERANCE
 
 
-def write_figures(cases, output: str) -> list[str]:
-    """Error-vs-h figures per case, the tracking figure, and drift figures."""
+def write_figures(cases, output: str, tracked=None) -> list[str]:
+    """Error-vs-h figures per case, drift figures, and the tracking figure of `tracked`
+    (default: `cases`)."""
     from driftlab.plotting import plot_drift, plot_orders
 
     paths = []
@@ -60,7 +61,8 @@ def write_figures(cases, output: str) -> list[str]:
                     title,
                 )
             )
-    paths.append(plot_tracking(cases, os.path.join(output, "flow_error_tracking.png")))
+    tracked = cases if tracked is None else tracked
+    paths.append(plot_tracking(tracked, os.path.join(output, "flow_error_tracking.png")))
     return paths
 
 
@@ -258,6 +260,7 @@ def markdown(result: dict, figures: list[str]) -> str:
             rows,
         )
     )
+    lines += _path_spectrum_section(result)
     drift_rows = [
         [c["problem"], c["optimiser"], d["flow"], d["h_lambda"], d.get("relative_final")]
         + [d.get("failure", "")]
@@ -280,6 +283,61 @@ def markdown(result: dict, figures: list[str]) -> str:
         lines += ["", "## Figures", ""]
         lines += [f"![{os.path.basename(p)}]({os.path.basename(p)})" for p in figures]
     return "\n".join(lines) + "\n"
+
+
+def _path_spectrum_section(result) -> list[str]:
+    """Per grid point of a case with a principal flow: the Hessian along GD's path, and
+    each flow's global error relative to |params| and to GD's displacement."""
+    lines = []
+    for case in result["cases"]:
+        spectra = case.get("path_spectrum") or {}
+        if not spectra:
+            continue
+        names = list(case["flows"])
+        rows = []
+        for x in case["grid"]:
+            spectrum = spectra[str(x)]
+            row = [
+                x,
+                spectrum["num_steps"],
+                f"{spectrum['min_gap']:.3g} (h*lambda = {spectrum['nearest_h_lambda']:.3g} "
+                f"at step {spectrum['at_step']:g})",
+                f"{spectrum['resolution']:.2g}",
+                spectrum["crossing"] or "none",
+            ]
+            for name in names:
+                (record,) = [r for r in case["flows"][name]["measurements"] if r["h_lambda"] == x]
+                result_ = None if record["failure"] else record["global"]
+                if result_ is None or "failure" in result_:
+                    row.append("not measured" if record["failure"] else "failed")
+                    continue
+                by_motion = result_["error"] / spectrum["gd_displacement"]
+                row.append(f"{result_['relative_error']:.2g} ({by_motion:.2g})")
+            rows.append(row)
+        start = case.get("start")
+        origin = (
+            f"GD's iterate after {start['warm_up_steps']} steps at h*lambda_max = "
+            f"{start['warm_up_step']:g}, moved by {start['kick']:g} x its norm along the top "
+            "Hessian eigenvector"
+            if start
+            else "the problem's initial point"
+        )
+        lines += [
+            "",
+            f"## The Hessian along GD's path: {case['problem']} / {case['optimiser']}",
+            "",
+            f"Start: {origin}. The principal flow is solved only where no eigenvalue of "
+            "the Hessian crosses 1/h along GD's path (sampled at every iterate and step "
+            "midpoint; `resolution` is the largest change of a sorted h*lambda_i between "
+            "samples). Errors: relative to |params| (in brackets: relative to GD's "
+            "displacement |theta_n - theta_0|).",
+            "",
+            markdown_table(
+                ["x", "steps", "min abs(1 - h*lambda_i)", "resolution", "crossing"] + names,
+                rows,
+            ),
+        ]
+    return lines
 
 
 def _edge(case) -> str:

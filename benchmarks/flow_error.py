@@ -18,7 +18,9 @@ it records:
 - on the quadratic with GD, the global error in closed form (`quadratic_closed_form`);
 - failures, as data: a flow that does not exist at that $h$ (heavy-ball's slow
   manifold beyond $h\lambda < (1-\sqrt\beta)^2$, the principal flow at
-  $h\lambda_i = 1$, a solve that blows up) is recorded with its message.
+  $h\lambda_i = 1$ or where an eigenvalue of the Hessian crosses $1/h$ along GD's path
+  (found before solving: `path_spectrum`, recorded per grid point), a solve that blows
+  up) is recorded with its message.
 
 Maps with auxiliary state start on the flow's slow manifold (`flow.slow_state`). Local
 slopes use the points with $x \le$ `FIT_MAX`, global slopes $x \le$ `GLOBAL_FIT_MAX`,
@@ -34,6 +36,7 @@ figures (`_flow_report.write_figures`).
 """
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -43,12 +46,15 @@ from collections.abc import Callable
 
 import equinox as eqx
 import jax
+import jax.numpy as jnp
 import jax.tree_util as jtu
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 import driftlab as dl
 from driftlab import _registry
 from driftlab._io import machine_info, write_json_atomic
+from driftlab._tree import grad, ravel, tree_norm
 from driftlab.analysis._order import above_floor, can_fit, fit_slope
 
 from ._common import command_line, Progress, RESULTS_DIR, write_text_atomic
@@ -63,6 +69,7 @@ from ._flow_cases import (
     Preset,
     PRESETS,
     SCALES,
+    started,
     TRACKING_TOLERANCE,
 )
 from ._flow_report import markdown, write_figures
@@ -86,12 +93,92 @@ def _size(tree) -> int:
     return sum(np.size(leaf) for leaf in jtu.tree_leaves(tree))
 
 
+#: The guard's Hessian eigenvalues for problems above `DENSE_PRINCIPAL_LIMIT`: the top
+#: `GUARD_TOP_K` (Lanczos); the matrix-free principal flow treats only its top k exactly,
+#: the rest through IGR's coefficient, which has no singularity.
+GUARD_TOP_K = 10
+
+
+@eqx.filter_jit
+def _dense_spectra(loss, points, args):
+    def eigenvalues(params):
+        flat, unravel = ravel(params)
+        grad_flat = lambda x: ravel(grad(loss, unravel(x), args))[0]
+        return jnp.linalg.eigvalsh(jax.jacfwd(grad_flat)(flat))
+
+    return jax.lax.map(eigenvalues, points)
+
+
+def _spectra(loss, points, args, size):
+    if size <= DENSE_PRINCIPAL_LIMIT:
+        return np.asarray(_dense_spectra(loss, points, args))
+    count = jtu.tree_leaves(points)[0].shape[0]
+    return np.stack(
+        [
+            dl.hessian_eigenpairs(
+                loss, jtu.tree_map(lambda leaf: leaf[i], points), args, k=GUARD_TOP_K
+            ).eigenvalues
+            for i in range(count)
+        ]
+    )
+
+
+def path_spectrum(loss, step, params, h, num_steps, args) -> dict:
+    r"""Where GD's path meets $h\lambda_i = 1$, found before a principal flow is solved.
+
+    The principal flow's coefficient $\log(1 - h\lambda_i)$ is singular where an
+    eigenvalue of the Hessian crosses $1/h$, and an adaptive solver stalls there. The
+    Hessian's eigenvalues are taken at GD's `num_steps + 1` iterates and the midpoints of
+    its steps (the flow's real part passes between consecutive iterates); a crossing is a
+    change in how many exceed $1/h$ between samples. Returns the smallest
+    $|1 - h\lambda_i|$ over the samples, where it occurs (in steps) and that $h\lambda_i$,
+    the largest change of a sorted $h\lambda_i$ between neighbouring samples (the sampling's
+    resolution: a touch of 1 narrower than it can pass unseen), GD's displacement
+    $\|\theta_n - \theta_0\|$, and `crossing`: why the flow does not exist on this path,
+    or `None`.
+    """
+    iterates = dl.iterate(step, params, h, num_steps, args)
+    midpoints = jtu.tree_map(lambda y: 0.5 * (y[1:] + y[:-1]), iterates)
+    samples = jtu.tree_map(
+        lambda y, m: jnp.concatenate([jnp.stack([y[:-1], m], 1).reshape(-1, *y.shape[1:]), y[-1:]]),
+        iterates,
+        midpoints,
+    )
+    scaled = h * _spectra(loss, samples, args, _size(params))
+    gaps = np.abs(1 - scaled)
+    nearest = np.unravel_index(np.argmin(gaps), gaps.shape)
+    above = np.sum(scaled > 1, axis=1)
+    times = np.arange(len(above)) / 2
+    crossing = None
+    changed = np.flatnonzero(np.diff(above))
+    if changed.size:
+        i = changed[0]
+        crossing = (
+            f"the principal flow does not exist along GD's path: an eigenvalue of the Hessian "
+            f"crosses 1/h between steps {times[i]:g} and {times[i + 1]:g} of {num_steps} "
+            f"({above[i]} -> {above[i + 1]} with h*lambda > 1), where log(1 - h lambda) is "
+            "singular; not solved"
+        )
+    displacement = jtu.tree_map(lambda y: y[-1] - y[0], iterates)
+    return {
+        "num_steps": num_steps,
+        "num_samples": len(above),
+        "min_gap": float(gaps[nearest]),
+        "nearest_h_lambda": float(scaled[nearest]),
+        "at_step": float(times[nearest[0]]),
+        "resolution": float(np.max(np.abs(np.diff(scaled, axis=0)), initial=0.0)),
+        "above_one": sorted({int(a) for a in above}),
+        "gd_displacement": float(tree_norm(displacement)),
+        "crossing": crossing,
+    }
+
+
 def flow_factories(case: Case, problem, step, notes: list) -> dict[str, Callable]:
     """`{label: h -> flow}` for the case's flows; what cannot run is skipped with a note."""
     factories = {}
     names = case.flows if case.flows is not None else paired_flows(case.optimiser)
     for name in names:
-        where = f"{case.problem}/{case.optimiser_label}"
+        where = case.name
         if name not in _registry.FLOWS:
             notes.append(f"{where}: flow {name!r} is not in the registry yet; skipped.")
             continue
@@ -103,11 +190,12 @@ def flow_factories(case: Case, problem, step, notes: list) -> dict[str, Callable
             )
             continue
         make = _registry.FLOWS[name]
-        factories[name] = lambda h, make=make: make(problem, step, h, 1)
-    if case.orders and "modified" not in _registry.FLOWS:
-        notes.append(
-            f"{case.problem}/{case.optimiser_label}: 'modified' is not in the registry yet."
+        options = case.flow_options.get(name, {})
+        factories[name] = lambda h, make=make, options=options: dataclasses.replace(
+            make(problem, step, h, 1), **options
         )
+    if case.orders and "modified" not in _registry.FLOWS:
+        notes.append(f"{case.name}: 'modified' is not in the registry yet.")
     elif case.orders:
         make = _registry.FLOWS["modified"]
         for order in case.orders:
@@ -285,6 +373,7 @@ def quadratic_closed_form(problem, name: str, h: float, num_steps: int) -> float
 def run_case(case: Case, preset: Preset, progress: Progress, notes: list) -> dict:
     """Every measurement of one case: its scale, stability indices, errors, fits, drift."""
     problem = _registry.lookup(_registry.PROBLEMS, "problem", case.problem)(**case.problem_options)
+    problem = started(problem, case.start)
     step, y_init, args = _registry.lookup(_registry.OPTIMISERS, "optimiser", case.optimiser)(
         problem, case.hyper
     )
@@ -293,7 +382,7 @@ def run_case(case: Case, preset: Preset, progress: Progress, notes: list) -> dic
     horizon = case.horizon if case.horizon is not None else preset.horizon
     grid = case.grid or preset.scaled_steps
     t_end = horizon * float(step.duration(time_unit, args))
-    label = f"{case.problem}/{case.optimiser_label}"
+    label = case.name
     progress(f"{label}: x = h / {h_unit:.4g} ({scale.label}), global errors at t = {t_end:.4g}")
     stability = {}
     for scaled in grid:
@@ -306,22 +395,38 @@ def run_case(case: Case, preset: Preset, progress: Progress, notes: list) -> dic
     factories = flow_factories(case, problem, step, case_notes)
     notes.extend(case_notes)
     closed_form = case.problem == "quadratic" and case.optimiser == "gd"
+    spectra = {}
+    if case.optimiser == "gd" and any(name in COMPLEX_STATE_FLOWS for name in factories):
+        for scaled in grid:
+            h = scaled * h_unit
+            num_steps = int(round(t_end / float(step.duration(h, args))))
+            spectra[scaled] = path_spectrum(problem.loss, step, y_init, h, num_steps, args)
+            progress(
+                f"{label} x={scaled:g}: min |1 - h lambda_i| along GD's path "
+                f"{spectra[scaled]['min_gap']:.3g}"
+                + (", crosses 1/h" if spectra[scaled]["crossing"] else "")
+            )
     flows = {}
     for name, make_flow in factories.items():
         records = []
         for scaled in grid:
             h = scaled * h_unit
             record = {"h": h, "h_lambda": scaled, "stability_index": stability[scaled]}
-            record |= measure(
-                step,
-                make_flow,
-                problem,
-                y_init,
-                h,
-                t_end,
-                args,
-                complex_state=name in COMPLEX_STATE_FLOWS,
-            )
+            crossing = spectra.get(scaled, {}).get("crossing")
+            if name in COMPLEX_STATE_FLOWS and crossing:
+                record |= {"local": None, "global": None, "failure": crossing}
+                record |= {"warnings": [], "seconds": 0.0}
+            else:
+                record |= measure(
+                    step,
+                    make_flow,
+                    problem,
+                    y_init,
+                    h,
+                    t_end,
+                    args,
+                    complex_state=name in COMPLEX_STATE_FLOWS,
+                )
             result = _usable(record, "global")
             if closed_form and result is not None:
                 exact = quadratic_closed_form(problem, name, h, result["num_steps"])
@@ -354,9 +459,13 @@ def run_case(case: Case, preset: Preset, progress: Progress, notes: list) -> dic
         }
     drift = run_drift(case, preset, problem, step, y_init, args, h_unit, factories, progress)
     return {
-        "problem": case.problem,
+        "problem": case.problem_label or case.problem,
         "optimiser": case.optimiser_label,
         "hyper": case.hyper,
+        "problem_options": case.problem_options,
+        "start": dataclasses.asdict(case.start) if case.start else None,
+        "flow_options": case.flow_options,
+        "path_spectrum": {str(x): spectrum for x, spectrum in spectra.items()},
         "num_parameters": _size(problem.params),
         "scale": scale.label,
         "scale_description": scale.description,
@@ -412,7 +521,7 @@ def run_drift(case, preset, problem, step, y_init, args, h_unit, factories, prog
             entry["failure"] = _short(error)
             status = "failed"
         progress(
-            f"{case.problem}/{case.optimiser_label} drift of {name} over "
+            f"{case.name} drift of {name} over "
             f"{preset.drift_steps} steps: {status} ({time.perf_counter() - start:.1f}s)"
         )
         results.append(entry)
@@ -434,13 +543,42 @@ def _strip_private(value):
     return value
 
 
-def run(preset_name: str, output: str = RESULTS_DIR, *, figures: bool = True, argv=()) -> dict:
-    """Run a preset and write `flow_error.json`, `flow_error.md` and the figures to `output`."""
+def run(
+    preset_name: str, output: str = RESULTS_DIR, *, figures: bool = True, argv=(), only=()
+) -> dict:
+    """Run a preset and write `flow_error.json`, `flow_error.md` and the figures to `output`.
+
+    `only` names cases (`Case.name`) to run alone: they replace their entries in the
+    preset's existing `flow_error.json` in `output` (or are appended), the rest is kept.
+    """
     preset = PRESETS[preset_name]
+    selected = [case for case in preset.cases if not only or case.name in only]
+    unknown = set(only) - {case.name for case in preset.cases}
+    if unknown:
+        raise dl.InputError(
+            f"no case {sorted(unknown)} in preset {preset_name!r}; its cases: "
+            f"{[case.name for case in preset.cases]}."
+        )
     start, cpu_start = time.perf_counter(), time.process_time()
     progress = Progress()
     notes: list[str] = []
-    cases = [run_case(case, preset, progress, notes) for case in preset.cases]
+    # OpenBLAS's threads contend with XLA's on a shared 2-core machine: a 310 x 310 eigh
+    # took 2 s with 2 threads against 8 ms with one (the dense principal flow 3 s / 47 ms
+    # per field evaluation).
+    with threadpool_limits(1):
+        cases = [run_case(case, preset, progress, notes) for case in selected]
+    kept = []
+    if only:
+        with open(os.path.join(output, "flow_error.json")) as file:
+            previous = json.load(file)
+        if previous["preset"] != preset_name:
+            raise dl.InputError(
+                f"{output}/flow_error.json holds the {previous['preset']!r} preset, not "
+                f"{preset_name!r}: run the whole preset first."
+            )
+        names = {(case["problem"], case["optimiser"]) for case in cases}
+        kept = [c for c in previous["cases"] if (c["problem"], c["optimiser"]) not in names]
+        notes = [n for n in previous["notes"] if not any(n.startswith(o) for o in only)] + notes
     result = {
         "preset": preset_name,
         "command": command_line("benchmarks.flow_error", argv or ["--preset", preset_name]),
@@ -454,13 +592,23 @@ def run(preset_name: str, output: str = RESULTS_DIR, *, figures: bool = True, ar
         "notes": notes,
         "cases": cases,
     }
-    paths = write_figures(cases, output) if figures else []
+    order = [case.name for case in preset.cases]
+    merged = sorted(
+        kept + [_strip_private(case) for case in cases],
+        key=lambda c: order.index(f"{c['problem']}/{c['optimiser']}"),
+    )
+    paths = write_figures(cases, output, merged) if figures else []
     result["seconds"] = time.perf_counter() - start
     result["cpu_seconds"] = time.process_time() - cpu_start
     result["figures"] = [os.path.basename(p) for p in paths]
-    public = _strip_private(result)
+    public = _strip_private(result) | {"cases": merged}
+    if only:
+        public["updated_cases"] = list(only)
+        public["figures"] = sorted(set(previous["figures"]) | set(public["figures"]))
     json_path = write_json_atomic(public, os.path.join(output, "flow_error.json"))
-    md_path = write_text_atomic(markdown(public, paths), os.path.join(output, "flow_error.md"))
+    md_path = write_text_atomic(
+        markdown(public, public["figures"]), os.path.join(output, "flow_error.md")
+    )
     print(f"wrote {json_path}, {md_path} and {len(paths)} figures in {result['seconds']:.0f}s")
     return public
 
@@ -470,6 +618,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--preset", choices=sorted(PRESETS), default="fast")
     parser.add_argument("--output", default=RESULTS_DIR, help="directory for JSON, MD and PNGs")
     parser.add_argument("--no-figures", action="store_true")
+    parser.add_argument(
+        "--case",
+        action="append",
+        default=[],
+        help="run only this case (problem/optimiser as the tables name it; repeatable) and "
+        "update its entries in the existing flow_error.json",
+    )
     parser.add_argument(
         "--report-only", action="store_true", help="rewrite flow_error.md from flow_error.json"
     )
@@ -485,7 +640,7 @@ def main(argv=None) -> int:
         text = markdown(result, result["figures"])
         print(write_text_atomic(text, os.path.join(args.output, "flow_error.md")))
         return 0
-    run(args.preset, args.output, figures=not args.no_figures, argv=argv)
+    run(args.preset, args.output, figures=not args.no_figures, argv=argv, only=tuple(args.case))
     return 0
 
 

@@ -92,6 +92,24 @@ def test_gd_against_igr_local_slope_is_three(smoke):
     assert case["drift"] and all("failure" not in d for d in case["drift"])
 
 
+@pytest.mark.slow
+def test_one_case_reruns_into_the_existing_results(smoke):
+    output, result = smoke
+    rerun = flow_error.run("smoke", str(output), figures=False, only=("quadratic/gd",))
+    assert rerun["updated_cases"] == ["quadratic/gd"]
+    assert [c["problem"] for c in rerun["cases"]] == [c["problem"] for c in result["cases"]]
+    for old, new in zip(result["cases"], rerun["cases"]):
+        for name, flow in old["flows"].items():
+            errors = [m["global"] and m["global"].get("error") for m in flow["measurements"]]
+            again = [
+                m["global"] and m["global"].get("error") for m in new["flows"][name]["measurements"]
+            ]
+            assert errors == again, name
+    assert set(rerun["figures"]) == set(result["figures"])
+    with pytest.raises(dl.InputError, match="no case"):
+        flow_error.run("smoke", str(output), only=("mlp/gd",))
+
+
 def _no_flow(h):
     raise dl.InputError(f"no flow exists at h = {h}")
 
