@@ -15,7 +15,10 @@ wall-clock ratios grow with the load and the call's length (measured here at 1e5
 parameters under a load of 10 on 2 cores: `ModifiedFlow` order 2 took 3x as long,
 in wall-clock gradients, as in CPU gradients), and XLA's worker threads wait on each
 other when one of them is descheduled. CPU time of a single thread does not see the
-other jobs, except through shared caches.
+other jobs, except through shared caches; it does count XLA's helper threads
+(measured: a Lanczos call's CPU time was twice its wall time with these flags), and
+varied by up to 2x between runs at a load of 5 to 15. Matrix-product FLOPs of each
+jaxpr (`driftlab._cost.jaxpr_cost`) are reported beside the times: they are exact.
 
     python -m benchmarks.scale [--sizes 1e4 1e5 1e6] [--repeats 10]
 """
