@@ -51,8 +51,8 @@ def lanczos(hvp: Matvec, start: Array, num_iterations: int):
     columns, from the Krylov space $\mathcal K(H, \text{start})$. If the Krylov
     space is exhausted early, the extra Ritz vectors are zero.
     """
-    values, vectors, _, _ = _lanczos_run(hvp, start, num_iterations, None, 0, "LA")
-    return values, vectors
+    values, vectors, basis, _, _ = _lanczos_run(hvp, start, num_iterations, None, 0, "LA")
+    return values, basis.T @ vectors
 
 
 def _select(values: Array, which: str, count: int) -> Array:
@@ -67,7 +67,12 @@ def _select(values: Array, which: str, count: int) -> Array:
 
 
 def _lanczos_run(hvp, start, max_iterations, tol, k, which):
-    """Lanczos until the `k` wanted Ritz pairs have relative residual <= `tol` (or the cap)."""
+    """Lanczos until the `k` wanted Ritz pairs have relative residual <= `tol` (or the cap).
+
+    **Returns:** `(values, vectors, basis, residuals, size)`: the Ritz vectors in the
+    basis' coordinates (`basis.T @ vectors[:, i]` is Ritz vector `i`; forming only the
+    wanted ones costs $O(n m k)$ instead of $O(n m^2)$).
+    """
     n = start.size
     m = max_iterations
     dtype = start.dtype
@@ -138,7 +143,7 @@ def _lanczos_run(hvp, start, max_iterations, tol, k, which):
     values, vectors, beta_last = ritz(carry)
     size = carry[6]
     residuals = jnp.abs(beta_last * vectors[jnp.maximum(size - 1, 0)])
-    return values, carry[0].T @ vectors, residuals, size
+    return values, vectors, carry[0], residuals, size
 
 
 def eigsh(
@@ -179,9 +184,11 @@ def eigsh(
     if max_iterations is None:
         max_iterations = max(4 * k, k + 60)
     max_iterations = min(max_iterations, n)
-    values, vectors, residuals, size = _lanczos_run(hvp, start, max_iterations, tol, k, which)
+    values, vectors, basis, residuals, size = _lanczos_run(
+        hvp, start, max_iterations, tol, k, which
+    )
     index = _select(values, which, k)
-    return values[index], vectors[:, index], residuals[index], size
+    return values[index], basis.T @ vectors[:, index], residuals[index], size
 
 
 def spectral_radius(

@@ -20,13 +20,16 @@ class HessianSpectrum(eqx.Module):
     r"""Eigenpairs of a Hessian: `eigenvalues` (ascending) and `eigenvectors` (columns, ravelled).
 
     `residuals` (Lanczos only) are $\|Hu_i - \lambda_i u_i\|$: the eigenvalue error is
-    about `residual**2 / gap`, the eigenvector angle about `residual / gap`.
+    about `residual**2 / gap`, the eigenvector angle about `residual / gap`, and at
+    most `residual` (some eigenvalue lies within it). `num_products` (Lanczos only) is
+    the number of Hessian-vector products spent.
     """
 
     eigenvalues: np.ndarray
     eigenvectors: np.ndarray
     method: str = eqx.field(static=True)
     residuals: np.ndarray | None = None
+    num_products: int | None = eqx.field(static=True, default=None)
 
 
 def _ravelled_hvp(loss, params, args):
@@ -93,11 +96,15 @@ def hessian_eigenpairs(
     _, unravel = ravel(params)
     if max_iterations is None:
         max_iterations = k + 100
-    values, vectors, residuals, _ = _device_eigsh(
+    values, vectors, residuals, num_products = _device_eigsh(
         loss, flat, unravel, args, k, which, max_iterations, tol
     )
     return HessianSpectrum(
-        np.asarray(values), np.asarray(vectors), "lanczos", np.asarray(residuals)
+        np.asarray(values),
+        np.asarray(vectors),
+        "lanczos",
+        np.asarray(residuals),
+        int(num_products),
     )
 
 

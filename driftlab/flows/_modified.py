@@ -49,7 +49,9 @@ class ModifiedFlow(AbstractSeriesFlow):
     `AbstractEulerStepMap` ($y + h\,G(y)$: `GradientDescent`, `SGD`, `SimultaneousGD`,
     `ExplicitEuler`) only $G$ is expanded, to order $p$, and at order 1 one
     linearisation of $G$ serves every iterate, so order 1 costs what the
-    hand-written `IGRFlow` field costs. Nothing is differentiated numerically,
+    hand-written `IGRFlow` field costs; at order 2 four products do ($g = G(y)$,
+    $Jg$, $J^2 g$ and $G''(g, g)$: about 9 gradients of matrix products, 3 to 9 in
+    time, `benchmarks/scale.py`). Nothing is differentiated numerically,
     nothing is symbolic, nothing is dense; the cost grows polynomially in $p$
     (at most like $p^3$ gradients: $p + 1$ jets whose cost per primitive is at
     most quadratic in their order; measured in `benchmarks/performance.py`).

@@ -84,8 +84,9 @@ class AbstractEulerStepMap(AbstractStepMap):
 
     Subclass it and implement `euler_field(y, args)`, which returns $G(y)$;
     `__call__` follows. Knowing the form lets `ModifiedFlow` expand $G$ to order
-    $p$ instead of the whole map to order $p + 1$, and at order 1 reuse one
-    linearisation of $G$ for every iterate (the cost of a hand-written IGR field).
+    $p$ instead of the whole map to order $p + 1$, at order 1 reuse one
+    linearisation of $G$ for every iterate (the cost of a hand-written IGR field),
+    and at order 2 build every iterate from four products.
     """
 
     @abc.abstractmethod
