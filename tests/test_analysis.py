@@ -230,6 +230,7 @@ def test_stability_index_is_h_lambda_max_for_gd():
     assert index == pytest.approx(0.3 * lam, rel=1e-6)
 
 
+@pytest.mark.slow
 def test_lanczos_and_dense_hessian_spectra_agree():
     problem = small_mlp()
     dense = dl.hessian_eigenpairs(problem.loss, problem.params, problem.data, k=3, method="dense")

@@ -139,6 +139,7 @@ def test_corrected_loss_gd_order_one():
     assert helpers.tree_allclose(gradient, jax.grad(closed)(y), rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.slow
 def test_optax_training_on_corrected_loss_follows_gradient_flow():
     problem = helpers.small_mlp()
     loss, data, params, h, n = problem.loss, problem.data, problem.params, 0.4, 10
@@ -183,6 +184,7 @@ def test_local_order_gd_mlp(order):
     assert estimate.agrees(0.25), estimate
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("order", [0, 1])  # order 2 passes too (86 s: nested jets through scan)
 def test_local_order_sgd_epoch_mlp(order):
     problem = helpers.small_mlp()

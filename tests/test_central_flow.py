@@ -63,7 +63,7 @@ def _reference_sdcp(q, c, k, iterations=3_000):
     return x
 
 
-@pytest.mark.parametrize("k", [2, pytest.param(3, marks=pytest.mark.slow), 4, 6])
+@pytest.mark.parametrize("k", [2, *(pytest.param(k, marks=pytest.mark.slow) for k in (3, 4, 6))])
 def test_sdcp_matches_projected_gradient_on_random_instances(k):
     rng = np.random.default_rng(k)
     m = k * (k + 1) // 2

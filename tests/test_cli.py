@@ -63,6 +63,7 @@ def test_demo_prints_the_slopes_and_writes_json_and_png(tmp_path):
     assert (data["problem"], data["optimiser"], data["seed"]) == ("mlp", "gd", 0)
 
 
+@pytest.mark.slow
 def test_order_json_is_the_results_file_with_its_metadata(tmp_path, umask_022):
     out = tmp_path / "elsewhere" / "q.json"
     argv = ["order", "--problem", "quadratic", "--optimiser", "heavy-ball", "--flow"]

@@ -158,6 +158,7 @@ def _quadratic(params, data):
     return 0.5 * params @ (data["a"] * params)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["gradient", "central"])
 def test_window_distances_on_a_quadratic_match_the_closed_forms(kind):
     # L = w^T A w / 2 below the edge (h * 10 = 1 < 2): GD is (I - hA)^n w0, gradient flow

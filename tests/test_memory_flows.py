@@ -17,6 +17,7 @@ from .literature_helpers import error_ratio, linear_coefficients, tiny_mlp
 BETA = 0.5
 
 
+@pytest.mark.slow
 def test_heavy_ball_slow_root_coefficients():
     # The exact slow field on L = y^T A y / 2 is (1/h) log r(hA) y with r the slow root of
     # r^2 - (1 + beta - x) r + beta; with log r(x) = a_1 x + a_2 x^2 + ..., its f_k is
@@ -99,6 +100,7 @@ def test_agrees_with_modified_flow_on_the_slow_manifold(name):
     assert helpers.relative_error(ours, theirs) < 1e-10
 
 
+@pytest.mark.slow
 def test_eps_outside_sqrt_on_a_quadratic():
     # eps inside the sqrt is checked on the MLP above; eps outside needs gradients away
     # from zero (|g| is not smooth there; the MLP has exactly-zero pixel gradients).

@@ -92,6 +92,7 @@ def test_solve_and_measurements_on_a_model():
     assert estimate.agrees(0.3), estimate  # O(h^3)
 
 
+@pytest.mark.slow
 def test_optax_momentum_on_a_model_matches_optax():
     model, batch, loss = _model_problem()
     h, beta = 0.05, 0.5
@@ -165,6 +166,7 @@ def _assert_like_gradient_flow(field, model, loss, batch):
     assert jax.tree_util.tree_structure(field) == jax.tree_util.tree_structure(reference)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["dense", "lanczos"])
 def test_principal_flow_on_a_model(method):
     model, batch, loss = _model_problem()
@@ -212,6 +214,7 @@ def test_central_flow_integrate_on_a_model():
     assert helpers.relative_error(quantities.velocity, flat_quantities.velocity) < 1e-12
 
 
+@pytest.mark.slow
 def test_sme_on_a_model():
     model, batch, loss = _model_problem()
     flat, flat_loss, unravel = _flat_problem()
@@ -259,6 +262,7 @@ def test_corrected_field_on_a_model():
     assert helpers.relative_error(parameters, unravel(flat_parameters)) < 1e-12
 
 
+@pytest.mark.slow
 def test_modified_losses_on_a_model():
     # Each modified loss on the model equals the one on the flat problem (both measured
     # from the origin), and the corrected loss's gradient is minus its field there too.
@@ -304,6 +308,7 @@ def test_game_flows_with_model_players(flow_class):
         assert helpers.relative_error(_arrays(player), unravel(flat_player)) < 1e-12
 
 
+@pytest.mark.slow
 def test_sme_sample_path_on_a_model():
     model, batch, loss = _model_problem()
     flat, flat_loss, unravel = _flat_problem()

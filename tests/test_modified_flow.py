@@ -371,6 +371,7 @@ def _tiny_net_loss(params, batch):
     return jnp.mean((hidden @ params["w2"] - batch["y"]) ** 2)
 
 
+@pytest.mark.slow
 @hypothesis.given(seed=st.integers(0, 2**16), h=st.floats(0.01, 0.5))
 @hypothesis.settings(deadline=None, max_examples=10)
 def test_property_random_networks(seed, h):

@@ -69,6 +69,7 @@ def test_shapes_counts_dtype_and_finite_loss(name):
         assert np.allclose(problem.data["y"].sum(axis=1), 1.0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(TINY))
 def test_determinism_by_seed(name):
     first, again, other = TINY[name](0), TINY[name](0), TINY[name](1)
@@ -114,6 +115,7 @@ def _numpy_cnn(params, x):
     return flat @ np.asarray(params["dense"]["W"]) + np.asarray(params["dense"]["b"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["mse", "cross_entropy"])
 @pytest.mark.parametrize("name", ["fc_digits", "cnn_mnist1d", "fc_synthetic"])
 def test_losses_and_accuracy_match_numpy(name, kind):

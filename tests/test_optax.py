@@ -156,6 +156,7 @@ def test_support_table_row(name):
     assert np.all(np.isfinite(f1))
 
 
+@pytest.mark.slow
 def test_bias_correction_leaves_no_term_in_the_series():
     # driftlab's Adam keeps a float counter, optax's an int32 one; both are carried at a
     # burned-in count, so corrected and uncorrected Adam share every coefficient.

@@ -119,6 +119,7 @@ def test_lanczos_against_dense_and_igr():
     ) / np.linalg.norm(predicted)
 
 
+@pytest.mark.slow
 def test_difference_from_modified_flow_is_the_third_derivative_term():
     # Principal flow = -g - h/2 Hg - h^2/3 H^2 g + O(h^3); GD's f_2 = -T[g,g]/12 - H^2 g/3.
     # So (principal - ModifiedFlow(GD, order 2)) / h^2 -> T[g, g] / 12.
@@ -163,6 +164,7 @@ def test_principal_order_on_mlp(kind):
     assert estimate.agrees(0.3), str(estimate)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("h_lambda", [1.5, 2.5])
 def test_measurements_with_a_complex_state_see_gd_on_the_flow(quadratic, h_lambda):
     # Beyond h lambda = 1 the measurements solve the flow on a complex state and compare real

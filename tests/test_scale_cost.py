@@ -49,6 +49,7 @@ def test_modified_flow_cost_in_gradients(width):
         assert largest <= max(n, gradient_largest), (order, largest, n)
 
 
+@pytest.mark.slow
 def test_order_2_closed_form_matches_jets():
     # The closed form for Euler maps (four products) against the generic route: a jet
     # of order 3 of the whole map per iterate (`weighted_iterates`), on an MLP.
@@ -65,6 +66,7 @@ def test_order_2_closed_form_matches_jets():
         assert float(jnp.max(jnp.abs(a - b))) <= 1e-12 * scale
 
 
+@pytest.mark.slow
 def test_lanczos_reports_products_and_a_certified_bound():
     # Some eigenvalue lies within the residual of the Ritz value (symmetric H): checked
     # against dense eigh; and `num_products` counts the products the run spent.
