@@ -26,7 +26,7 @@ import numpy as np
 
 from .._custom_types import Args, RealScalarLike, Y
 from .._errors import StabilityWarning, warn_at_caller
-from .._tree import array_leaves, ravel
+from .._tree import array_leaves
 from ._layout import state_layout
 from ._maps import AbstractStepMap
 
@@ -166,11 +166,12 @@ def measure_region(step: AbstractStepMap, state: Y, h: RealScalarLike, args: Arg
     # and a model's static leaves kept; the rest of the state moves.
     layout = state_layout(step, state, step.parameters(state), args)
     flat = layout.ravel(state)
-    params = step.parameters(state)
-    num_slow = _num_entries(params)
-    # The parameter part of a state vector, complex allowed (a linear selection).
-    select = lambda w: np.asarray(ravel(step.parameters(layout.unravel(jnp.asarray(w))))[0])
-    restrict = lambda w: select(w.real) + 1j * select(w.imag)
+    theta = layout.theta_index
+    num_slow = theta.size
+    # The parameter part of a state vector (complex allowed), and a parameter vector as a
+    # state vector with zero auxiliary part: both are where the layout puts the parameters.
+    restrict = lambda w: np.asarray(w)[theta]
+    embed = lambda p: jnp.zeros_like(flat).at[theta].set(p)
     fractions = np.arange(1, CONTINUATION_STEPS + 1) / CONTINUATION_STEPS
     if flat.size <= DENSE_LIMIT:
         for fraction in fractions:
@@ -184,13 +185,10 @@ def measure_region(step: AbstractStepMap, state: Y, h: RealScalarLike, args: Arg
                 break
         return region
     product = lambda v, size: _jvp(step, size, args, layout, flat, v)
-    zero_state = layout.unravel(jnp.zeros_like(flat))
-    unravel_params = ravel(params)[1]
-    embed = lambda p: layout.ravel(step.with_parameters(zero_state, unravel_params(p)))
     v = jnp.cos(1.0 + jnp.arange(num_slow, dtype=flat.dtype) * 0.7548776662466927)
     full = jnp.asarray(h, flat.dtype)
     for _ in range(POWER_ITERATIONS):
-        v = jnp.asarray(select(product(embed(v), full))) - v
+        v = product(embed(v), full)[theta] - v
         v = v / jnp.linalg.norm(v)
     dimension = 1 + math.ceil((flat.size - num_slow) / num_slow)
     for fraction in fractions:
