@@ -60,3 +60,16 @@ def jaxpr_cost(fn: Callable, *args, while_iterations: int = 1) -> tuple[int, int
     r"""`(flops, largest)`: the matrix-product FLOPs of `fn(*args)` ($2mnk$ per product)
     and the number of elements of its largest intermediate array."""
     return _walk(jax.make_jaxpr(fn)(*args).jaxpr, while_iterations)
+
+
+def compiled_flops(fn: Callable, *args) -> float:
+    """The FLOPs of `fn(*args)` as XLA compiles it (`cost_analysis` of the optimised HLO).
+
+    Unlike `jaxpr_cost`, this sees XLA's common-subexpression elimination (a primal or a
+    tangent that two nested `jvp`s both compute is computed once) and counts every
+    operation, not only matrix products; it depends on the backend's compiler.
+    """
+    analysis = jax.jit(fn).lower(*args).compile().cost_analysis()
+    if isinstance(analysis, (list, tuple)):
+        analysis = analysis[0]
+    return float(analysis["flops"])

@@ -2,11 +2,12 @@ r"""Automatic backward error analysis: the modified flow of any one-step map, to
 
 import equinox as eqx
 import jax.numpy as jnp
+import jax.tree_util as jtu
 from jaxtyping import Array, Float
 
 from .._custom_types import Args, Scalar, Y
 from .._errors import InputError
-from .._tree import ravel, split, zeros_like
+from .._tree import ravel, split, tree_scale, zeros_like
 from ..integrators import AbstractEulerStepMap, AbstractStepMap
 from ..integrators._iterate import check_parameters
 from ..integrators._layout import state_layout
@@ -50,11 +51,13 @@ class ModifiedFlow(AbstractSeriesFlow):
     `ExplicitEuler`) only $G$ is expanded, to order $p$, and at order 1 one
     linearisation of $G$ serves every iterate, so order 1 costs what the
     hand-written `IGRFlow` field costs; at order 2 four products do ($g = G(y)$,
-    $Jg$, $J^2 g$ and $G''(g, g)$: about 9 gradients of matrix products, 3 to 9 in
-    time, `benchmarks/scale.py`). Nothing is differentiated numerically,
-    nothing is symbolic, nothing is dense; the cost grows polynomially in $p$
-    (at most like $p^3$ gradients: $p + 1$ jets whose cost per primitive is at
-    most quadratic in their order; measured in `benchmarks/performance.py`).
+    $Jg$, $J^2 g$ and $G''(g, g)$: 6 to 7 gradients of FLOPs as XLA compiles them,
+    4 to 9 in time at $10^4$ to $10^6$ parameters, `benchmarks/scale.py`). $G$ is
+    expanded on the parameters' own arrays, not on one ravelled vector. Nothing is
+    differentiated numerically, nothing is symbolic, nothing is dense; the cost
+    grows polynomially in $p$ (at most like $p^3$ gradients: $p + 1$ jets whose
+    cost per primitive is at most quadratic in their order; measured in
+    `benchmarks/performance.py`).
     The alternating sums lose about two digits by order 6.
 
     **Maps with auxiliary state** (`HeavyBall`, `Nesterov`, `RMSProp`,
@@ -150,10 +153,8 @@ class ModifiedFlow(AbstractSeriesFlow):
         check_parameters(self.step_map, y, args)
         self.step_map.check_expansion(y, self.h, args)
         warn_outside_region(self.outside_region(y, args))
-        fields, flags = _expand(self, y, args, "coefficients")
         # Fields have the parameters' structure with `None` at a model's static leaves.
-        unravel_arrays = ravel(split(y)[0])[1]
-        return [unravel_arrays(f) for f in checked(fields, flags)]
+        return checked(*_expand(self, y, args, "coefficients"))
 
     def slow_state(self, params: Y, args: Args) -> Y:
         r"""The map's full state over `params` on the slow manifold, to $O(h^{p+1})$.
@@ -221,12 +222,23 @@ class ModifiedFlow(AbstractSeriesFlow):
 
 @eqx.filter_jit
 def _expand(flow: ModifiedFlow, params: Y, args: Args, what: str):
-    """The ravelled coefficients `[f_0..f_p]` (or the ravelled slow state) and the flags.
+    """The coefficients `[f_0..f_p]` (or the ravelled slow state) and the flags.
 
     Compiled once per map, order and shapes; `ModifiedFlow` checks the flags.
     """
     step = flow.step_map
     template = step.init(params, args)
+    order = flow.order + 1
+    weights = log_weights(order)[1:]
+    rate = step.duration(1.0, args)
+    arrays, static = split(params)
+    is_params = jtu.tree_structure(template) == jtu.tree_structure(params)
+    if what == "coefficients" and isinstance(step, AbstractEulerStepMap) and is_params:
+        # y + h G(y) is the identity at h = 0 by construction and has no auxiliary state:
+        # G is expanded on the parameters' own arrays.
+        field = lambda a: split(step.euler_field(eqx.combine(a, static), args))[0]
+        sums = euler_weighted_iterates(field, arrays, order, weights)
+        return [tree_scale(1 / rate, log_term) for log_term in sums], [jnp.asarray(False)] * 4
     layout = state_layout(step, template, params, args)
     u0 = layout.ravel(template).at[layout.theta_index].set(ravel(params)[0])
 
@@ -238,16 +250,9 @@ def _expand(flow: ModifiedFlow, params: Y, args: Args, what: str):
         u0, series, flags = slow_manifold(map_flat, u0, layout, flow.order)
     if what == "slow_state":
         return u0 + sum(flow.h ** (i + 1) * s for i, s in enumerate(series)), flags
-    order = flow.order + 1
-    weights = log_weights(order)[1:]
-    if isinstance(step, AbstractEulerStepMap):
-        # y + h G(y) is the identity at h = 0 by construction and has no auxiliary state.
-        field_flat = lambda u: ravel(step.euler_field(layout.unravel(u), args))[0]
-        sums = euler_weighted_iterates(field_flat, u0, order, weights)
-        moved = jnp.asarray(False)
-    else:
-        start = [*series, jnp.zeros_like(u0)] if layout.aux_index.size else None
-        first, sums = weighted_iterates(map_flat, u0, start, order, weights)
-        moved = jnp.linalg.norm(first - u0) > CONSISTENCY_TOLERANCE * (1 + jnp.linalg.norm(u0))
-    rate = step.duration(1.0, args)
-    return [log_term[layout.theta_index] / rate for log_term in sums], [*flags, moved]
+    start = [*series, jnp.zeros_like(u0)] if layout.aux_index.size else None
+    first, sums = weighted_iterates(map_flat, u0, start, order, weights)
+    moved = jnp.linalg.norm(first - u0) > CONSISTENCY_TOLERANCE * (1 + jnp.linalg.norm(u0))
+    unravel_arrays = ravel(arrays)[1]
+    coefficients = [unravel_arrays(log_term[layout.theta_index] / rate) for log_term in sums]
+    return coefficients, [*flags, moved]

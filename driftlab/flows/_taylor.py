@@ -10,11 +10,13 @@ import math
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import jax.tree_util as jtu
 import numpy as np
 from jax.experimental import jet
 from jax.extend import core as jex_core
 
 from .._errors import InputError
+from .._tree import tree_add, tree_axpy, tree_scale, zeros_like
 from ..integrators._layout import Layout
 
 
@@ -147,15 +149,16 @@ def _accumulate(advance, state, coefficients, weights: np.ndarray):
     step for all of them), with the weighted sum accumulated in the carry (memory:
     `order` state vectors).
     """
-    sums = [weights[0] * c for c in coefficients]
+    sums = [tree_scale(weights[0], c) for c in coefficients]
 
     def body(carry, weight):
         state, coefficients, sums = carry
         state, coefficients = advance(state, coefficients)
-        return (state, coefficients, [s + weight * c for s, c in zip(sums, coefficients)]), None
+        sums = [tree_axpy(weight, c, s) for s, c in zip(sums, coefficients)]
+        return (state, coefficients, sums), None
 
     if len(weights) > 1:
-        rest = jnp.asarray(weights[1:], dtype=coefficients[0].dtype)
+        rest = jnp.asarray(weights[1:], dtype=jtu.tree_leaves(coefficients[0])[0].dtype)
         sums = jax.lax.scan(body, (state, coefficients, sums), rest)[0][2]
     return sums
 
@@ -172,7 +175,7 @@ def weighted_iterates(map_flat, u, coefficients, order: int, weights: np.ndarray
     return first, _accumulate(advance, first, coefficients, weights)
 
 
-def euler_weighted_iterates(field_flat, u, order: int, weights: np.ndarray):
+def euler_weighted_iterates(field, u, order: int, weights: np.ndarray):
     r"""`weighted_iterates` for an explicit Euler map $\Phi_h(y) = y + h\,G(y)$.
 
     With $y_j(h) = u + \sum_{k=1}^{K} c_{j,k} h^k$ ($K$ = `order`), the recursion is
@@ -180,10 +183,15 @@ def euler_weighted_iterates(field_flat, u, order: int, weights: np.ndarray):
     coefficient: a jet of $G$ of order $K - 1$, one less than the map's own. At
     $K = 2$ that jet is linear in $c_{j,1}$, so one linearisation of $G$ at $u$
     serves every iterate; at $K = 3$ four products do (`_euler_order_3`).
+
+    `u` and the values of `field` are PyTrees of arrays of one structure (`None` at a
+    model's static leaves): the products run on the parameters' own arrays. On one
+    ravelled vector, XLA's CPU backend ran the same products at 1e6 parameters 2x slower
+    (every weight matrix a slice of the vector; `benchmarks/scale.py`).
     """
     if order == 3:
-        return _euler_order_3(field_flat, u, weights)
-    g0, linear = jax.linearize(field_flat, u)
+        return _euler_order_3(field, u, weights)
+    g0, linear = jax.linearize(field, u)
 
     def advance(state, coefficients):
         if order == 1:
@@ -191,14 +199,36 @@ def euler_weighted_iterates(field_flat, u, order: int, weights: np.ndarray):
         elif order == 2:
             higher = [linear(coefficients[0])]
         else:
-            higher = jet.jet(field_flat, (u,), (coefficients[:-1],), factorial_scaled=False)[1]
-        return state, [coefficients[0] + g0, *(c + g for c, g in zip(coefficients[1:], higher))]
+            higher = _tree_jet(field, u, coefficients[:-1])
+        return state, [
+            tree_add(coefficients[0], g0),
+            *(tree_add(c, g) for c, g in zip(coefficients[1:], higher)),
+        ]
 
-    coefficients = [g0] + [jnp.zeros_like(u)] * (order - 1)
+    coefficients = [g0] + [zeros_like(g0)] * (order - 1)
     return _accumulate(advance, None, coefficients, weights)
 
 
-def _euler_order_3(field_flat, u, weights: np.ndarray):
+def _tree_jet(fn, u, terms):
+    """`jet.jet` of `fn` at the PyTree `u` with series `terms` (PyTrees like `u`); jet
+    itself takes arrays only, so each array leaf is one of its arguments.
+
+    **Returns:** the output's Taylor coefficients, one PyTree per term.
+    """
+    leaves, treedef = jtu.tree_flatten(u)
+    series = [
+        [term_leaves[i] for term_leaves in map(treedef.flatten_up_to, terms)]
+        for i in range(len(leaves))
+    ]
+    out, out_series = jet.jet(
+        lambda *x: fn(jtu.tree_unflatten(treedef, x)), leaves, series, factorial_scaled=False
+    )
+    out_def = jtu.tree_structure(out)
+    per_leaf = out_def.flatten_up_to(out_series)
+    return [jtu.tree_unflatten(out_def, [s[k] for s in per_leaf]) for k in range(len(terms))]
+
+
+def _euler_order_3(field, u, weights: np.ndarray):
     r"""`euler_weighted_iterates` at $K = 3$ in closed form, from four products.
 
     With $g = G(u)$, $J = G'(u)$ and $c_{0,k} = 0$, the recursion gives
@@ -210,14 +240,18 @@ def _euler_order_3(field_flat, u, weights: np.ndarray):
     three times as much; the sums agree to round-off.
     """
     j = np.arange(1, len(weights) + 1, dtype=np.float64)
-    g, linear = jax.linearize(field_flat, u)
-    # Forward over forward along g: the inner tangent is Jg, the outer one G''(g, g).
-    jg, second = jax.jvp(lambda y: jax.jvp(field_flat, (y,), (g,))[1], (u,), (g,))
+    g, linear = jax.linearize(field, u)
+    # Forward over forward along g: the inner tangent is Jg, the outer one G''(g, g). Its
+    # primal and its duplicate tangent are the linearisation's; XLA computes them once.
+    jg, second = jax.jvp(lambda y: jax.jvp(field, (y,), (g,))[1], (u,), (g,))
     squares = (j - 1) * j * (2 * j - 1) / 6
     return [
-        (weights @ j) * g,
-        (weights @ (j * (j - 1) / 2)) * jg,
-        (weights @ (j * (j - 1) * (j - 2) / 6)) * linear(jg) + (weights @ squares / 2) * second,
+        tree_scale(weights @ j, g),
+        tree_scale(weights @ (j * (j - 1) / 2), jg),
+        tree_add(
+            tree_scale(weights @ (j * (j - 1) * (j - 2) / 6), linear(jg)),
+            tree_scale(weights @ squares / 2, second),
+        ),
     ]
 
 
