@@ -125,3 +125,19 @@ def test_eigenpairs_match_arpack_at_1e5_parameters():
     )
     reference = scipy.sparse.linalg.eigsh(operator, k=3, which="LA", tol=1e-12)[0]
     np.testing.assert_allclose(spectrum.eigenvalues, np.sort(reference), rtol=1e-8)
+
+
+@pytest.mark.parametrize("num_iterations", [37, 40])
+def test_basis_stays_orthonormal_past_convergence(num_iterations):
+    # Plain Lanczos loses orthogonality once a Ritz pair converges (Paige): on a spectrum
+    # with well-separated extremes its basis drifts far from orthonormal within 40 steps.
+    # Every new vector must be orthogonalised against every earlier one, including those
+    # of the block being filled (37 steps: a partial last block; 40: whole blocks).
+    spectrum = jnp.concatenate([jnp.array([1e3, 5e2]), jnp.linspace(0.0, 1.0, 298)])
+    start = jr.normal(jr.key(3), (spectrum.size,), jnp.float64)
+    _, _, basis, _, size = _lanczos._lanczos_run(
+        lambda v: spectrum * v, start, num_iterations, None, 0, "LA"
+    )
+    assert int(size) == num_iterations
+    gram = np.asarray(basis @ basis.T)
+    assert np.max(np.abs(gram - np.eye(num_iterations))) < 1e-12
