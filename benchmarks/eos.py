@@ -125,12 +125,13 @@ def _presets():
             num_steps=800,
             every=20,
             window=40,
-            # 43 to 56 Hessian eigenvalues have h lambda between 1 and 3 here: cutting the
-            # principal flow's Lanczos at k = 3 of 13 Ritz pairs inside that cluster makes
-            # its field jump where the 3rd and 4th Ritz values nearly meet (177 solver steps
-            # per GD step, 60% rejected, over 20 CPU minutes a window). Uncut (k = all 13),
-            # it takes about 5 steps per GD step once GD oscillates (about 1.5 CPU minutes a
-            # window), but 25 at the onset: it gets the last window only.
+            # 43 to 56 Hessian eigenvalues have h lambda between 1 and 3 here. Cut at k = 3 of
+            # 13 Ritz pairs inside that cluster, the principal flow's field jumps where the 3rd
+            # and 4th Ritz values nearly meet: 177 solver steps per GD step (60% rejected) at
+            # step 760, about 47 CPU minutes a 40-step window. Uncut (k = all 13 Ritz pairs,
+            # 29 Hessian-vector products per field evaluation) it takes 7 steps per GD step
+            # there (121 s CPU for the window) but 25 at the onset (about 7 CPU minutes a
+            # window): it gets the last window only.
             flows=("gradient", "igr", "modified-2", "principal"),
             principal_k=13,
             principal_iterations=13,
