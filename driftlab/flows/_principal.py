@@ -97,7 +97,7 @@ class PrincipalFlow(AbstractFlow):
       at `rtol = 1e-7` with `k = 3` of 13). With `k = num_iterations` nothing is
       cut: the field is the Lanczos approximation $\|v\|\,V c(hT) e_1$ of
       $c(hH)\,v$ ($T$ the tridiagonal matrix, $V$ the Krylov basis), smooth
-      wherever no Ritz value equals $1/h$ (5 solver steps per GD step there).
+      wherever no Ritz value equals $1/h$ (7 solver steps per GD step there).
 
     ??? cite "Reference"
         ```bibtex
