@@ -60,6 +60,8 @@ DEEP_LINEAR_SCALE = 0.85
 DEEP_LINEAR_H = 0.06
 #: The name of gradient flow's windows that start and end with the central flow's.
 CENTRAL_BASELINE = "gradient (central's windows)"
+#: The name of gradient flow's records on the principal flow's windows (when it gets only some).
+PRINCIPAL_BASELINE = "gradient (principal's windows)"
 #: Euler substeps per GD step of the central flow (the authors' position-level scheme).
 CENTRAL_SUBSTEPS = 4
 
@@ -75,6 +77,8 @@ class Case:
     width: float = 3.0  # sigma (in steps) of the Gaussian time average of GD's iterates
     windows_per_phase: int = 2  # windows before onset and once GD oscillates
     principal_k: int = 3  # Ritz pairs of the Lanczos principal flow
+    principal_iterations: int | None = None  # its Lanczos steps (None: PrincipalFlow's default)
+    principal_windows: int = 0  # the last this many oscillating-phase windows get it (0: all)
     flows: tuple[str, ...] = ("gradient", "igr", "modified-2", "principal")
     central_k: int = 0  # top eigenpairs of the central flow (0: no central flow)
     central_window: int = 0  # its windows' length, in steps (0: `window`)
@@ -121,9 +125,17 @@ def _presets():
             num_steps=800,
             every=20,
             window=40,
-            # The principal flow's complex field over 40-step windows at EoS outlasted the
-            # preset's budget (over 15 CPU minutes with no window finished): full preset only.
-            flows=("gradient", "igr", "modified-2"),
+            # 43 to 56 Hessian eigenvalues have h lambda between 1 and 3 here. Cut at k = 3 of
+            # 13 Ritz pairs inside that cluster, the principal flow's field jumps where the 3rd
+            # and 4th Ritz values nearly meet: 177 solver steps per GD step (60% rejected) at
+            # step 760, about 47 CPU minutes a 40-step window. Uncut (k = all 13 Ritz pairs,
+            # 29 Hessian-vector products per field evaluation) it takes 7 steps per GD step
+            # there (121 s CPU for the window) but 25 at the onset (about 7 CPU minutes a
+            # window): it gets the last window only.
+            flows=("gradient", "igr", "modified-2", "principal"),
+            principal_k=13,
+            principal_iterations=13,
+            principal_windows=1,
             central_k=2,
             central_windows=2,
         ),
@@ -164,7 +176,7 @@ def _presets():
     return {"smoke": smoke, "fast": fast, "full": full}
 
 
-def flow_factories(problem, step, k: int) -> dict:
+def flow_factories(problem, step, k: int, num_iterations: int | None = None) -> dict:
     """The flows compared with GD, as `h -> (flow, complex_state)`."""
     return {
         "gradient": lambda h: (dl.GradientFlow(problem.loss), False),
@@ -172,7 +184,10 @@ def flow_factories(problem, step, k: int) -> dict:
         "modified-2": lambda h: (dl.ModifiedFlow(step, h, order=2), False),
         # Beyond h * lambda = 1 the principal flow's field is complex: it runs on a complex
         # state whose real part is compared with GD.
-        "principal": lambda h: (dl.PrincipalFlow(problem.loss, h, method="lanczos", k=k), True),
+        "principal": lambda h: (
+            dl.PrincipalFlow(problem.loss, h, method="lanczos", k=k, num_iterations=num_iterations),
+            True,
+        ),
     }
 
 
@@ -387,7 +402,7 @@ def run_case(case, progress):
     problem = case.make_problem()
     num_params = int(sum(np.size(x) for x in jtu.tree_leaves(problem.params)))
     step = dl.GradientDescent(problem.loss)
-    flows = flow_factories(problem, step, case.principal_k)
+    flows = flow_factories(problem, step, case.principal_k, case.principal_iterations)
     flows = {name: flows[name] for name in case.flows}
     runs = []
     for h in case.hs:
@@ -400,15 +415,30 @@ def run_case(case, progress):
         before, after = window_starts(checkpoints, onset, case)
         windows = {name: [] for name in flows}
         jobs = [("before", first) for first in before] + [("after", first) for first in after]
+        # The principal flow's solve can cost a hundred times gradient flow's: it may get
+        # only the last oscillating-phase windows.
+        principal_jobs = (
+            [("after", first) for first in after[-case.principal_windows :]]
+            if case.principal_windows
+            else jobs
+        )
         for phase, first in jobs:
             for name, make_flow in flows.items():
+                if name == "principal" and (phase, first) not in principal_jobs:
+                    continue
+                tic = time.process_time()
                 record = measure_window(problem, step, make_flow, by_step[first]["params"], h, case)
+                record["cpu_seconds"] = time.process_time() - tic
                 windows[name].append({"phase": phase, "start": first, **record})
                 outcome = record.get("failure") or (
                     f"|flow - GD average| / |w| {record['average_distance']:.3g}, "
                     f"h S_flow / 2 {record['flow_sharpness_ratio']:.3f}"
                 )
                 progress(f"{case.name} h={h:g} {name} window at {first} ({phase}): {outcome}")
+        if case.principal_windows and {"principal", "gradient"} <= windows.keys():
+            windows[PRINCIPAL_BASELINE] = [
+                w for w in windows["gradient"] if (w["phase"], w["start"]) in principal_jobs
+            ]
         # The central flow models GD's oscillation at its equilibrium size: its windows start
         # once GD's loss has risen (GD oscillates), not at the onset.
         central_window = case.central_window or case.window

@@ -119,6 +119,38 @@ def test_lanczos_against_dense_and_igr():
     ) / np.linalg.norm(predicted)
 
 
+def test_uncut_lanczos_field_is_the_krylov_matrix_function():
+    # k = num_iterations = m < n: nothing is cut and the field acting on v is
+    # Q c(hT) Q^T v over an orthonormal basis Q of the Krylov space K_m(H, v), T = Q^T H Q
+    # (the docstring's smooth form), for both vectors of a complex state past h lambda = 1.
+    problem = tiny_mlp()
+    params, data, m = problem.params, problem.data, 8
+    flat, unravel = ravel_pytree(params)
+    hessian = np.asarray(jax.hessian(lambda p: problem.loss(unravel(p), data))(flat))
+    h = 1.6 / np.linalg.eigvalsh(hessian)[-1]
+    imaginary = 1e-2 * np.random.default_rng(0).standard_normal(flat.size)
+    y = unravel(flat + 1j * imaginary)
+    field = eqx.filter_jit(
+        dl.PrincipalFlow(problem.loss, h, method="lanczos", k=m, num_iterations=m)
+    )(0.0, y, data)
+
+    def krylov_function(v):
+        basis = [v / np.linalg.norm(v)]
+        for _ in range(m - 1):
+            w = hessian @ basis[-1]
+            for _ in range(2):
+                w = w - np.stack(basis).T @ (np.stack(basis) @ w)
+            basis.append(w / np.linalg.norm(w))
+        q = np.stack(basis, axis=1)
+        x, s = np.linalg.eigh(h * q.T @ hessian @ q)
+        c = np.log((1 - x).astype(complex)) / x
+        return q @ (s @ (c * (s.T @ (q.T @ v))))
+
+    gradient = np.asarray(ravel_pytree(jax.grad(problem.loss)(params, data))[0])
+    expected = krylov_function(gradient) + 1j * krylov_function(hessian @ imaginary)
+    assert helpers.relative_error(ravel_pytree(field)[0], expected) < 1e-9
+
+
 @pytest.mark.slow
 def test_difference_from_modified_flow_is_the_third_derivative_term():
     # Principal flow = -g - h/2 Hg - h^2/3 H^2 g + O(h^3); GD's f_2 = -T[g,g]/12 - H^2 g/3.
