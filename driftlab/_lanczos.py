@@ -39,22 +39,33 @@ def _unit(v: Array) -> Array:
     return jnp.where(norm > 0, v / jnp.where(norm > 0, norm, 1.0), 0.0)
 
 
-def _orthogonalise(basis: Array, w: Array, size: Array) -> Array:
-    """`w` orthogonalised against the first `size` rows of `basis` (the rest are zero).
+def _orthogonalise(basis: Array, w: Array, size: Array) -> tuple[Array, Array]:
+    """`w` orthogonalised against the first `size` rows of `basis` (the rest are zero),
+    and its coefficients along them (`basis @ w` before, zero beyond `size`).
 
     Block by block over the filled blocks only: the whole `m x n` basis would be read at
     every step, which at 1e6 parameters and m = 101 costs about nine gradients' time.
     """
 
-    def project_out(block, w):
+    def project_out(block, carry):
+        w, coefficients = carry
         rows = jax.lax.dynamic_slice_in_dim(basis, block * _BLOCK, _BLOCK)
-        return w - rows.T @ (rows @ w)
+        along = rows @ w
+        added = jax.lax.dynamic_slice_in_dim(coefficients, block * _BLOCK, _BLOCK) + along
+        coefficients = jax.lax.dynamic_update_slice_in_dim(coefficients, added, block * _BLOCK, 0)
+        return w - rows.T @ along, coefficients
 
     filled = (size + _BLOCK - 1) // _BLOCK
+    carry = (w, jnp.zeros(basis.shape[0], w.dtype))
     # Twice is enough (Kahan's "twice is enough"): one pass loses orthogonality
     # at the level of the basis' condition times round-off.
-    w = jax.lax.fori_loop(0, filled, project_out, w)
-    return jax.lax.fori_loop(0, filled, project_out, w)
+    carry = jax.lax.fori_loop(0, filled, project_out, carry)
+    return jax.lax.fori_loop(0, filled, project_out, carry)
+
+
+def _empty_basis(rows: int, n: int, dtype) -> Array:
+    """A zero basis of `rows` vectors, padded to whole blocks."""
+    return jnp.zeros((-(-rows // _BLOCK) * _BLOCK, n), dtype)
 
 
 def lanczos(hvp: Matvec, start: Array, num_iterations: int):
@@ -127,7 +138,7 @@ def _lanczos_run(hvp, start, max_iterations, tol, k, which):
         basis = basis.at[size].set(q)
         w = hvp(q)
         alpha = q @ w
-        w = _orthogonalise(basis, w - alpha * q - beta_prev * q_prev, size + 1)
+        w, _ = _orthogonalise(basis, w - alpha * q - beta_prev * q_prev, size + 1)
         beta = jnp.linalg.norm(w)
         scale = jnp.maximum(scale, jnp.abs(alpha) + beta)
         exhausted = beta <= _BREAKDOWN * scale
@@ -139,7 +150,7 @@ def _lanczos_run(hvp, start, max_iterations, tol, k, which):
     q0 = _unit(start)
     zero = jnp.zeros((), dtype)
     carry = (
-        jnp.zeros((-(-m // _BLOCK) * _BLOCK, n), dtype),
+        _empty_basis(m, n, dtype),
         jnp.zeros(m, dtype),
         jnp.zeros(m, dtype),
         q0,
@@ -240,11 +251,8 @@ def spectral_radius(
         basis, hessenberg, q, size, scale, _ = carry
         basis = basis.at[size].set(q)
         w = matvec(q)
-        coefficients = basis @ w
-        w = w - basis.T @ coefficients
-        correction = basis @ w
-        w = w - basis.T @ correction
-        coefficients = coefficients + correction
+        w, coefficients = _orthogonalise(basis, w, size + 1)
+        coefficients = coefficients[:m]
         beta = jnp.linalg.norm(w)
         scale = jnp.maximum(scale, jnp.linalg.norm(coefficients) + beta)
         exhausted = beta <= _BREAKDOWN * scale
@@ -254,7 +262,7 @@ def spectral_radius(
         return basis, hessenberg, q_next, size + 1, scale, exhausted
 
     carry = (
-        jnp.zeros((-(-m // _BLOCK) * _BLOCK, n), dtype),
+        _empty_basis(m, n, dtype),
         jnp.zeros((m + 1, m), dtype),
         _unit(start),
         jnp.asarray(0),
