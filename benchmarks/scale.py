@@ -141,35 +141,25 @@ def measure(target: float, repeats: int) -> dict:
         )
     memory["fields_growth_mb"] = fields_memory.growth
     t_gradient = times["gradient"]
-    # Deterministic counts: matrix-product FLOPs and the largest array of each jaxpr.
-    costs = {
-        "gradient": jaxpr_cost(lambda p, d: grad(loss, p, d), params, data),
-        "hvp": jaxpr_cost(
+    # Deterministic counts of the same calls: matrix-product FLOPs and the largest array of
+    # each jaxpr, and every operation as XLA compiles it (after common-subexpression
+    # elimination).
+    counted = {
+        "gradient": (lambda p, d: grad(loss, p, d), params, data),
+        "hvp": (
             lambda x, v, d: jax.jvp(lambda z: grad_flat(z, d), (x,), (v,))[1],
             flat,
             direction,
             data,
         ),
         **{
-            f"modified_{p}": jaxpr_cost(lambda q, d, f=f: f(0.0, q, d), params, data)
+            f"modified_{p}": (lambda q, d, f=f: f(0.0, q, d), params, data)
             for p, f in fields.items()
         },
     }
+    costs = {name: jaxpr_cost(*call) for name, call in counted.items()}
+    compiled = {name: compiled_flops(*call) for name, call in counted.items()}
     flops = {name: cost[0] / costs["gradient"][0] for name, cost in costs.items()}
-    # The same calls as XLA compiles them: after common-subexpression elimination.
-    compiled = {
-        "gradient": compiled_flops(lambda p, d: grad(loss, p, d), params, data),
-        "hvp": compiled_flops(
-            lambda x, v, d: jax.jvp(lambda z: grad_flat(z, d), (x,), (v,))[1],
-            flat,
-            direction,
-            data,
-        ),
-        **{
-            f"modified_{p}": compiled_flops(lambda q, d, f=f: f(0.0, q, d), params, data)
-            for p, f in fields.items()
-        },
-    }
 
     with PeakMemory() as lanczos_memory:
         spectrum = dl.hessian_eigenpairs(loss, params, data, method="lanczos", tol=LANCZOS_ACCURACY)
