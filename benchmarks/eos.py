@@ -705,17 +705,17 @@ def report(result, output) -> dict:
 
 
 def run(
-    preset: str, output: str = RESULTS_DIR, argv=(), problems=None, flows=None, case=None
+    preset: str, output: str = RESULTS_DIR, argv=(), problems=None, flows=None, only=None
 ) -> dict:
-    """The preset's cases (or those of `problems`); with `case`, only that one, its runs
-    replacing its earlier ones in `output`'s eos.json."""
-    if case is not None:
-        if case not in [c.name for c in _presets()[preset]]:
+    """The preset's cases (or those of `problems`); with `only` (a case's name), that case
+    alone, its runs replacing its earlier ones in `output`'s eos.json."""
+    if only is not None:
+        if only not in [c.name for c in _presets()[preset]]:
             raise dl.InputError(
-                f"`case` must be one of the {preset} preset's cases "
-                f"{[c.name for c in _presets()[preset]]}, got {case!r}."
+                f"`only` must name one of the {preset} preset's cases "
+                f"{[c.name for c in _presets()[preset]]}, got {only!r}."
             )
-        problems = [case]
+        problems = [only]
     cases = [c for c in _presets()[preset] if problems is None or c.name in problems]
     if flows is not None:
         cases = [
@@ -738,7 +738,7 @@ def run(
         "seconds": progress.elapsed,
         "cpu_seconds": time.process_time() - cpu_start,
     }
-    if case is not None:
+    if only is not None:
         with open(os.path.join(output, "eos.json")) as file:
             result = replace_runs(json.load(file), result, [c.name for c in _presets()[preset]])
     return report(result, output)

@@ -1,6 +1,7 @@
 """The edge-of-stability suite: the smoke preset end to end, the verdict logic on known series."""
 
 import json
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -66,6 +67,20 @@ def test_below_eos_igr_follows_gd_better_than_gradient_flow(smoke):
     for gradient, igr in zip(windows["gradient"], windows["igr"]):
         assert gradient["phase"] == "before"
         assert igr["relative_distance"] < 0.5 * gradient["relative_distance"]
+
+
+@pytest.mark.slow
+def test_case_option_reruns_one_case_into_the_existing_results(smoke, tmp_path):
+    output, result = smoke
+    shutil.copytree(output, tmp_path, dirs_exist_ok=True)
+    eos.main(["--preset", "smoke", "--case", "fc-digits", "--output", str(tmp_path)])
+    merged = json.loads((tmp_path / "eos.json").read_text())
+    assert merged["command"].startswith(result["command"] + " ; ")
+    assert "--case fc-digits" in merged["command"]
+    (before,), (after,) = result["runs"], merged["runs"]
+    # GD and its sharpness are deterministic on the CPU: the rerun reproduces them.
+    assert after["losses"] == before["losses"] and after["checkpoints"] == before["checkpoints"]
+    assert merged["command"] in (tmp_path / "eos.md").read_text()
 
 
 def _synthetic_run(
@@ -216,5 +231,5 @@ def test_a_rerun_case_replaces_only_its_own_runs_in_preset_order():
     assert added["seconds"] == 64 and added["cpu_seconds"] == 53
     with pytest.raises(dl.InputError, match="preset"):
         eos.replace_runs(earlier, result("smoke", "x", [], 0, 0, 0), ["a", "b"])
-    with pytest.raises(dl.InputError, match="case"):
-        eos.run("fast", "/nonexistent", case="no-such-case")
+    with pytest.raises(dl.InputError, match="only"):
+        eos.run("fast", "/nonexistent", only="no-such-case")
