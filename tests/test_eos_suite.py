@@ -1,6 +1,7 @@
 """The edge-of-stability suite: the smoke preset end to end, the verdict logic on known series."""
 
 import json
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -66,6 +67,20 @@ def test_below_eos_igr_follows_gd_better_than_gradient_flow(smoke):
     for gradient, igr in zip(windows["gradient"], windows["igr"]):
         assert gradient["phase"] == "before"
         assert igr["relative_distance"] < 0.5 * gradient["relative_distance"]
+
+
+@pytest.mark.slow
+def test_case_option_reruns_one_case_into_the_existing_results(smoke, tmp_path):
+    output, result = smoke
+    shutil.copytree(output, tmp_path, dirs_exist_ok=True)
+    eos.main(["--preset", "smoke", "--case", "fc-digits", "--output", str(tmp_path)])
+    merged = json.loads((tmp_path / "eos.json").read_text())
+    assert merged["command"].startswith(result["command"] + " ; ")
+    assert "--case fc-digits" in merged["command"]
+    (before,), (after,) = result["runs"], merged["runs"]
+    # GD and its sharpness are deterministic on the CPU: the rerun reproduces them.
+    assert after["losses"] == before["losses"] and after["checkpoints"] == before["checkpoints"]
+    assert merged["command"] in (tmp_path / "eos.md").read_text()
 
 
 def _synthetic_run(
@@ -185,3 +200,36 @@ def test_window_distances_on_a_quadratic_match_the_closed_forms(kind):
     assert record["flow_sharpness_ratio"] == pytest.approx(h * 10 / 2, rel=1e-10)
     assert record["gd_sharpness_ratio"] == pytest.approx(h * 10 / 2, rel=1e-10)
     assert record["flow_loss"] == pytest.approx(float(_quadratic(flow_end, problem.data)), rel=1e-5)
+
+
+def test_a_rerun_case_replaces_only_its_own_runs_in_preset_order():
+    def result(preset, command, runs, seconds, cpu, load):
+        return {
+            "preset": preset,
+            "command": command,
+            "machine": {"cpu_count": len(command)},
+            "runs": runs,
+            "seconds": seconds,
+            "cpu_seconds": cpu,
+            "load_average": load,
+        }
+
+    def one(problem, h, seconds, cpu):
+        return {"problem": problem, "h": h, "seconds": seconds, "cpu_seconds": cpu}
+
+    earlier = result(
+        "fast", "all", [one("a", 1, 10, 8), one("b", 1, 20, 15), one("b", 2, 30, 25)], 60, 50, 1.5
+    )
+    rerun = result("fast", "just b", [one("b", 3, 7, 5)], 7, 5, 3.0)
+    merged = eos.replace_runs(earlier, rerun, ["b", "a"])
+    assert [(r["problem"], r["h"]) for r in merged["runs"]] == [("b", 3), ("a", 1)]
+    assert merged["seconds"] == 60 - 50 + 7 and merged["cpu_seconds"] == 50 - 40 + 5
+    assert merged["command"] == "all ; just b" and merged["load_average"] == 3.0
+    assert merged["machine"] == rerun["machine"]
+    added = eos.replace_runs(earlier, result("fast", "c", [one("c", 1, 4, 3)], 4, 3, 1.0), "acb")
+    assert [r["problem"] for r in added["runs"]] == ["a", "c", "b", "b"]
+    assert added["seconds"] == 64 and added["cpu_seconds"] == 53
+    with pytest.raises(dl.InputError, match="preset"):
+        eos.replace_runs(earlier, result("smoke", "x", [], 0, 0, 0), ["a", "b"])
+    with pytest.raises(dl.InputError, match="only"):
+        eos.run("fast", "/nonexistent", only="no-such-case")
