@@ -84,6 +84,9 @@ class Case:
     central_k: int = 0  # top eigenpairs of the central flow (0: no central flow)
     central_window: int = 0  # its windows' length, in steps (0: `window`)
     central_windows: int = 1  # the last this many oscillating-phase windows get it
+    # Further `(h, num_steps)` at which only GD runs (sharpness, loss, accuracy, the verdicts
+    # on GD): Cohen et al.'s first finding is that the sharpness settles at 2/h for each h.
+    gd_only: tuple[tuple[float, int], ...] = ()
 
 
 def _presets():
@@ -101,6 +104,7 @@ def _presets():
             windows_per_phase=1,
             principal_k=2,
             flows=("gradient", "igr"),
+            gd_only=((0.05, 30),),
         ),
     ]
     fast = [
@@ -116,6 +120,8 @@ def _presets():
             flows=("gradient",),
             central_k=1,
             central_window=40,
+            # At h = 0.03 the sharpness reaches 2/h only at step 1500 (probed): 2,500 steps.
+            gd_only=((0.03, 2500),),
         ),
         Case(
             "deep-linear",
@@ -153,6 +159,8 @@ def _presets():
             # would push the case past its ~6-minute share of the preset.
             window=100,
             flows=("gradient",),
+            # Onset at step 500, GD's loss first rises at 676 (probed).
+            gd_only=((0.035, 1500),),
         ),
     ]
     full = [
@@ -165,6 +173,7 @@ def _presets():
             windows_per_phase=4,
             flows=("gradient", "igr", "modified-2"),
             central_windows=2,
+            gd_only=(),  # every h gets windows
         ),
         # The fast preset's CNN on four times the signals, a second h, denser checkpoints.
         dataclasses.replace(
@@ -176,6 +185,7 @@ def _presets():
             window=200,
             windows_per_phase=4,
             flows=("gradient", "igr"),
+            gd_only=(),
         ),
         dataclasses.replace(
             fast[1],
@@ -419,14 +429,20 @@ def run_case(case, progress):
     flows = flow_factories(problem, step, case.principal_k, case.principal_iterations)
     flows = {name: flows[name] for name in case.flows}
     runs = []
-    for h in case.hs:
+    gd_only = {h: dataclasses.replace(case, num_steps=steps) for h, steps in case.gd_only}
+    if set(gd_only) & set(case.hs):
+        raise ValueError(f"{case.name}: a learning rate is both GD-only and windowed.")
+    # GD-only runs first: the figure's window panels show the case's last run.
+    for h in (*gd_only, *case.hs):
         start, cpu_start = time.perf_counter(), time.process_time()
-        losses, checkpoints = run_gd(problem, h, case, progress)
+        losses, checkpoints = run_gd(problem, h, gd_only.get(h, case), progress)
         onset = onset_step(checkpoints, h)
         oscillating = oscillation_step(losses, onset)
         progress(f"{case.name} h={h:g}: GD done, onset {onset}, loss rises from {oscillating}")
         by_step = {p["step"]: p for p in checkpoints}
         before, after = window_starts(checkpoints, onset, case)
+        if h in gd_only:
+            before, after = [], []
         windows = {name: [] for name in flows}
         jobs = [("before", first) for first in before] + [("after", first) for first in after]
         # The principal flow's solve can cost a hundred times gradient flow's: it may get
@@ -457,7 +473,7 @@ def run_case(case, progress):
         # once GD's loss has risen (GD oscillates), not at the onset.
         central_window = case.central_window or case.window
         _, central_starts = window_starts(checkpoints, onset, case, central_window, oscillating)
-        if case.central_k and central_starts:
+        if case.central_k and central_starts and h not in gd_only:
             # Gradient flow over the very same windows, the baseline the central flow beats or not.
             windows |= {"central": [], CENTRAL_BASELINE: []}
             compared = {
@@ -681,7 +697,7 @@ def figures(result, output) -> list[str]:
                 "^",
                 color=color,
                 ms=7,
-                label="gradient flow at its window's end",
+                label="gradient flow at its window's end" if ok else None,
             )
         axes[0].set(xlabel="step", ylabel="sharpness", title=f"{problem}: sharpness vs 2/h")
         axes[0].legend(fontsize=7)

@@ -34,18 +34,22 @@ def test_smoke_writes_json_markdown_and_figures(smoke):
 @pytest.mark.slow
 def test_smoke_records_are_consistent(smoke):
     _, result = smoke
-    (run,) = result["runs"]
     (case,) = eos._presets()["smoke"]
-    assert len(run["losses"]) == case.num_steps
-    for point in run["checkpoints"][:-1]:
-        # The loss at a checkpoint is the loss GD's scan saw before that step's update.
-        assert point["loss"] == pytest.approx(run["losses"][point["step"]], rel=1e-12)
-    crossed = [p["step"] for p in run["checkpoints"] if p["sharpness"] >= 2 / run["h"]]
-    assert run["onset_step"] == (crossed[0] if crossed else None)
-    for windows in run["windows"].values():
+    gd_only, windowed = result["runs"]
+    ((h, num_steps),) = case.gd_only
+    assert [gd_only["h"], windowed["h"]] == [h, *case.hs]
+    assert [len(gd_only["losses"]), len(windowed["losses"])] == [num_steps, case.num_steps]
+    for run in result["runs"]:
+        for point in run["checkpoints"][:-1]:
+            # The loss at a checkpoint is the loss GD's scan saw before that step's update.
+            assert point["loss"] == pytest.approx(run["losses"][point["step"]], rel=1e-12)
+        crossed = [p["step"] for p in run["checkpoints"] if p["sharpness"] >= 2 / run["h"]]
+        assert run["onset_step"] == (crossed[0] if crossed else None)
+    assert not any(gd_only["windows"].values())
+    for windows in windowed["windows"].values():
         assert windows and all("failure" not in w for w in windows)
         for w in windows:
-            assert w["phase"] == "before" or w["start"] >= run["onset_step"]
+            assert w["phase"] == "before" or w["start"] >= windowed["onset_step"]
 
 
 @pytest.mark.slow
@@ -63,7 +67,7 @@ def test_initial_sharpness_is_the_dense_top_eigenvalue(smoke):
 def test_below_eos_igr_follows_gd_better_than_gradient_flow(smoke):
     # Backward error analysis: IGR's window error is O(h^2) per unit time, gradient flow's O(h).
     _, result = smoke
-    windows = result["runs"][0]["windows"]
+    windows = result["runs"][-1]["windows"]
     for gradient, igr in zip(windows["gradient"], windows["igr"]):
         assert gradient["phase"] == "before"
         assert igr["relative_distance"] < 0.5 * gradient["relative_distance"]
@@ -77,9 +81,10 @@ def test_case_option_reruns_one_case_into_the_existing_results(smoke, tmp_path):
     merged = json.loads((tmp_path / "eos.json").read_text())
     assert merged["command"].startswith(result["command"] + " ; ")
     assert "--case fc-digits" in merged["command"]
-    (before,), (after,) = result["runs"], merged["runs"]
     # GD and its sharpness are deterministic on the CPU: the rerun reproduces them.
-    assert after["losses"] == before["losses"] and after["checkpoints"] == before["checkpoints"]
+    for before, after in zip(result["runs"], merged["runs"], strict=True):
+        assert after["losses"] == before["losses"]
+        assert after["checkpoints"] == before["checkpoints"]
     assert merged["command"] in (tmp_path / "eos.md").read_text()
 
 
