@@ -110,13 +110,10 @@ MUTANTS = [
     Mutant(
         "euler-jet-scaling",
         "driftlab/flows/_taylor.py",
-        "jet.jet(field_flat, (u,), (coefficients[:-1],), factorial_scaled=False)",
-        "jet.jet(field_flat, (u,), (coefficients[:-1],), factorial_scaled=True)",
-        (
-            "tests/test_principal_flow.py::test_difference_from_modified_flow_is_the_third_"
-            "derivative_term",
-        ),
-        "GD's automatic f_2 from a jet with the wrong series convention",
+        "lambda *x: fn(jtu.tree_unflatten(treedef, x)), leaves, series, factorial_scaled=False",
+        "lambda *x: fn(jtu.tree_unflatten(treedef, x)), leaves, series, factorial_scaled=True",
+        ("tests/test_modified_flow.py::test_euler_on_y_squared",),
+        "an Euler map's automatic f_3.. from jets with the wrong series convention",
     ),
     # --- step-size conventions ----------------------------------------------------------------
     Mutant(
