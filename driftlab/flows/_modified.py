@@ -234,11 +234,11 @@ def _expand(flow: ModifiedFlow, params: Y, args: Args, what: str):
     arrays, static = split(params)
     is_params = jtu.tree_structure(template) == jtu.tree_structure(params)
     if what == "coefficients" and isinstance(step, AbstractEulerStepMap) and is_params:
-        # y + h G(y) is the identity at h = 0 by construction and has no auxiliary state:
-        # G is expanded on the parameters' own arrays.
+        # y + h G(y): G is expanded on the parameters' own arrays.
         field = lambda a: split(step.euler_field(eqx.combine(a, static), args))[0]
         sums = euler_weighted_iterates(field, arrays, order, weights)
-        return [tree_scale(1 / rate, log_term) for log_term in sums], [jnp.asarray(False)] * 4
+        # Nothing to flag: no auxiliary state, and the identity at h = 0 by construction.
+        return [tree_scale(1 / rate, log_term) for log_term in sums], []
     layout = state_layout(step, template, params, args)
     u0 = layout.ravel(template).at[layout.theta_index].set(ravel(params)[0])
 
