@@ -440,9 +440,7 @@ def run_case(case, progress):
         oscillating = oscillation_step(losses, onset)
         progress(f"{case.name} h={h:g}: GD done, onset {onset}, loss rises from {oscillating}")
         by_step = {p["step"]: p for p in checkpoints}
-        before, after = window_starts(checkpoints, onset, case)
-        if h in gd_only:
-            before, after = [], []
+        before, after = ([], []) if h in gd_only else window_starts(checkpoints, onset, case)
         windows = {name: [] for name in flows}
         jobs = [("before", first) for first in before] + [("after", first) for first in after]
         # The principal flow's solve can cost a hundred times gradient flow's: it may get
