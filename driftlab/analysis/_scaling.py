@@ -185,7 +185,9 @@ class ScalingRuleCheck(eqx.Module):
       that $k$ became non-finite (the rule broke by divergence).
     - `reference_expectation`: $\mathbb E\varphi(\theta_n)$; `reference_change`:
       $\|\mathbb E\varphi(\theta_n) - \varphi(\theta_0)\|$, what the original run
-      changed, the scale to read the errors against.
+      changed, and `reference_spread`: the run-to-run standard deviation of
+      $\varphi(\theta_n)$ (norm over its entries), what tells one run from another:
+      two scales to read the errors against (`relative_errors`, `spread_ratios`).
     """
 
     rule_name: str = eqx.field(static=True)
@@ -207,6 +209,7 @@ class ScalingRuleCheck(eqx.Module):
     diverged: np.ndarray
     reference_expectation: np.ndarray
     reference_change: float
+    reference_spread: float
 
     @property
     def breaks_at(self) -> int | None:
@@ -228,6 +231,22 @@ class ScalingRuleCheck(eqx.Module):
         """`errors / reference_change`: the rule's error against what training changed."""
         with np.errstate(divide="ignore", invalid="ignore"):
             return self.errors / self.reference_change
+
+    @property
+    def spread_ratios(self) -> np.ndarray:
+        """`errors / reference_spread`: the rule's error against the spread of single runs."""
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return self.errors / self.reference_spread
+
+    @property
+    def within_spread_up_to(self) -> int | None:
+        """The largest `k` up to which every error is below `reference_spread`.
+
+        A looser, practical reading than `safe_up_to`: up to there the rule changes
+        $\mathbb E\varphi$ by less than reseeding one run changes $\varphi$.
+        """
+        below = self.ks[np.cumprod(self.spread_ratios < 1).astype(bool)]
+        return int(below.max()) if below.size else None
 
     @property
     def verdict(self) -> str:
@@ -273,8 +292,11 @@ class ScalingRuleCheck(eqx.Module):
             "diverged": [bool(d) for d in self.diverged],
             "reference_expectation": self.reference_expectation.tolist(),
             "reference_change": self.reference_change,
+            "reference_spread": self.reference_spread,
+            "spread_ratios": [float(r) for r in self.spread_ratios],
             "breaks_at": self.breaks_at,
             "safe_up_to": self.safe_up_to,
+            "within_spread_up_to": self.within_spread_up_to,
             "verdict": self.verdict,
         }
 
@@ -286,21 +308,23 @@ class ScalingRuleCheck(eqx.Module):
             f"{self.rule_name} for {self.optimizer_name} on {self.test_name}: "
             f"batch {self.batch_size}, {self.num_steps} steps, {self.num_samples} samples"
             + (", common random numbers" if self.common_random_numbers else ", independent runs"),
-            f"{'k':>4} {'batch':>6} {'steps':>6} {'error':>11} {'stderr':>11} {'relative':>9}  "
+            f"{'k':>4} {'batch':>6} {'steps':>6} {'error':>11} {'stderr':>11} {'relative':>9} "
+            f"{'/spread':>9}  "
             "holds",
         ]
-        for k, b, n, e, s, r, ok, bad in zip(
+        for k, b, n, e, s, r, q, ok, bad in zip(
             self.ks,
             self.batch_sizes,
             self.steps,
             self.errors,
             self.stderrs,
             self.relative_errors,
+            self.spread_ratios,
             self.holds,
             self.diverged,
         ):
             state = "diverged" if bad else "yes" if ok else "no"
-            lines.append(f"{k:4d} {b:6d} {n:6d} {e:11.4e} {s:11.4e} {r:9.2e}  {state}")
+            lines.append(f"{k:4d} {b:6d} {n:6d} {e:11.4e} {s:11.4e} {r:9.2e} {q:9.2e}  {state}")
         lines.append(self.verdict)
         return "\n".join(lines)
 
@@ -555,4 +579,5 @@ def scaling_rule_error(
         diverged=diverged,
         reference_expectation=reference_mean,
         reference_change=float(np.linalg.norm(reference_mean - initial.ravel())),
+        reference_spread=reference_se * math.sqrt(num_samples),
     )
