@@ -74,7 +74,13 @@ def _hyperparameter(hyperparameters: Mapping[str, float], name: str, rule: str) 
             f"{rule} scales the hyperparameter {name!r}, which `hyperparameters` lacks (it has "
             f"{sorted(hyperparameters)}); pass it, or name the right key in the rule."
         )
-    return float(hyperparameters[name])
+    value = hyperparameters[name]
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
+        raise InputError(
+            f"{rule} scales the hyperparameter {name!r}, which must be a number, got {value!r} "
+            "(a schedule cannot be scaled by a number)."
+        )
+    return float(value)
 
 
 class AbstractScalingRule(eqx.Module):
@@ -283,7 +289,13 @@ class ScalingRuleCheck(eqx.Module):
             "ks": [int(k) for k in self.ks],
             "batch_sizes": [int(b) for b in self.batch_sizes],
             "steps": [int(n) for n in self.steps],
-            "hyperparameters": [dict(h) for h in self.hyperparameters],
+            "hyperparameters": [
+                {
+                    n: v if isinstance(v, (int, float, str, type(None))) else repr(v)
+                    for n, v in h.items()
+                }
+                for h in self.hyperparameters
+            ],
             "differences": self.differences.tolist(),
             "errors": [float(e) for e in self.errors],
             "stderrs": [float(s) for s in self.stderrs],
@@ -357,20 +369,17 @@ def _final_values(optimizer, dynamic, static, sampler, params, data, num_steps, 
     permutation = RandomBatchSGD(sampler.loss, num, replacement=False, examples=sampler.examples)
 
     def one(key):
-        def chunk_gradient(j, r, theta):
-            if sampler.replacement:
-                indices = sampler.draw(jr.fold_in(key, j * k + r), num)
-            else:
-                order = permutation.draw(jr.fold_in(key, j), num)
-                indices = jax.lax.dynamic_slice_in_dim(order, r * batch, batch)
-            return sampler.gradient(theta, data, indices)
-
         def step(j, carry):
             theta, state = carry
+            if sampler.replacement:
+                chunk = lambda r: sampler.draw(jr.fold_in(key, j * k + r), num)
+            else:
+                order = permutation.draw(jr.fold_in(key, j), num)
+                chunk = lambda r: jax.lax.dynamic_slice_in_dim(order, r * batch, batch)
             total = jax.lax.fori_loop(
                 0,
                 k,
-                lambda r, acc: jtu.tree_map(jnp.add, acc, chunk_gradient(j, r, theta)),
+                lambda r, acc: jtu.tree_map(jnp.add, acc, sampler.gradient(theta, data, chunk(r))),
                 jtu.tree_map(jnp.zeros_like, theta),
             )
             grad = jtu.tree_map(lambda g: g / k, total)
@@ -470,8 +479,14 @@ def scaling_rule_error(
         )
     check_loss(loss)
     check_float64_tree(params, "params")
-    if not isinstance(ks, Sequence) or not ks:
-        raise InputError(f"`ks` must be a non-empty sequence of positive integers, got {ks!r}.")
+    if not isinstance(hyperparameters, Mapping):
+        raise InputError(
+            "`hyperparameters` must be a mapping of the optimiser factory's keyword arguments, "
+            f"e.g. {{'learning_rate': 0.01}}; got {type(hyperparameters).__name__}."
+        )
+    ks = list(np.atleast_1d(np.asarray(ks, dtype=object)))
+    if not ks:
+        raise InputError("`ks` must hold at least one positive integer (a batch-size factor).")
     ks = sorted({check_factor(k) for k in ks})
     if not isinstance(num_steps, int) or num_steps < 1:
         raise InputError(f"`num_steps` must be a positive integer, got {num_steps!r}.")
