@@ -246,7 +246,7 @@ class ScalingRuleCheck(eqx.Module):
 
     @property
     def within_spread_up_to(self) -> int | None:
-        """The largest `k` up to which every error is below `reference_spread`.
+        r"""The largest `k` up to which every error is below `reference_spread`.
 
         A looser, practical reading than `safe_up_to`: up to there the rule changes
         $\mathbb E\varphi$ by less than reseeding one run changes $\varphi$.
