@@ -133,8 +133,10 @@ class SquareRootScalingRule(AbstractScalingRule):
     $\epsilon \to \epsilon/\sqrt k$. Malladi et al.'s SDE for RMSProp and Adam
     holds when $1 - \beta_i = c_i h^2$, $\epsilon = \epsilon_0 h$ and the gradient
     noise is $\sigma = \sigma_0/h$ (with $\sigma^2 \propto 1/B$), and runs in the
-    time $t = nh^2$ (one step takes $h^2$). The rule keeps $c_i$, $\epsilon_0$
-    and $\sigma_0$ fixed, so both runs approximate the same SDE; equal SDE time
+    time $t = nh^2$ (one step takes $h^2$: the moving averages relax over
+    $1/(1 - \beta_i) = 1/(c_ih^2)$ steps, and a step moves $\theta$ by about
+    $h\,g/\sigma = h^2 g/\sigma_0$, both $O(1)$ per unit of $nh^2$). The rule keeps
+    $c_i$, $\epsilon_0$ and $\sigma_0$ fixed, so both runs approximate the same SDE; equal SDE time
     $n h^2 = n'(\sqrt k h)^2$ means $n' = n/k$ steps (the same number of
     examples), *not* $n' h' = nh$. A decay with $k(1-\beta_i) \ge 1$ has no
     valid $\beta_i'$: the rule cannot be applied at that `k`.
