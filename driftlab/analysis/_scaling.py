@@ -138,7 +138,7 @@ class SquareRootScalingRule(AbstractScalingRule):
     $h\,g/\sigma = h^2 g/\sigma_0$, both $O(1)$ per unit of $nh^2$). The rule keeps
     $c_i$, $\epsilon_0$ and $\sigma_0$ fixed, so both runs approximate the same SDE; equal SDE time
     $n h^2 = n'(\sqrt k h)^2$ means $n' = n/k$ steps (the same number of
-    examples), *not* $n' h' = nh$. A decay with $k(1-\beta_i) \ge 1$ has no
+    examples), *not* $n' h' = nh$. A decay with $k(1-\beta_i) > 1$ has no
     valid $\beta_i'$: the rule cannot be applied at that `k`.
 
     **Arguments:** the keys of the optimiser factory's hyperparameters:
