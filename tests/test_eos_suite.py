@@ -11,7 +11,7 @@ from jax.flatten_util import ravel_pytree
 
 import driftlab as dl
 from driftlab.cli import build_parser
-from driftlab.suites import eos
+from driftlab.suites import eos, flow_error
 
 
 @pytest.fixture(scope="module")
@@ -238,3 +238,45 @@ def test_a_rerun_case_replaces_only_its_own_runs_in_preset_order():
         eos.replace_runs(earlier, result("smoke", "x", [], 0, 0, 0), ["a", "b"])
     with pytest.raises(dl.InputError, match="only"):
         eos.run("fast", "/nonexistent", only="no-such-case")
+
+
+def _verdict_of(reached_runs, total, holds=(), fails=(), unmeasured=()):
+    keys = ["progressive_sharpening", "hovering", "gradient_flow_leaves"]
+    verdict = {"runs_reaching_eos": f"{reached_runs}/{total}"}
+    verdict |= {key: key in holds for key in keys}
+    verdict["measured_on"] = {
+        key: f"{0 if key in unmeasured else reached_runs}/{reached_runs}" for key in keys
+    }
+    return verdict
+
+
+def test_the_summary_says_in_words_what_a_smoke_run_shows():
+    smoke = {"preset": "smoke", "verdict": _verdict_of(0, 2)}
+    text = eos.summary(smoke)
+    assert text.startswith("0 of 2 runs reached the edge of stability")
+    assert "No finding could be measured" in text
+    assert eos.PRESET_GUIDE["smoke"][1] in text and "--preset fast" in text
+    # Outside the smoke preset a run that never reaches the edge is not "as expected".
+    assert "As expected" not in eos.summary({"preset": "fast", "verdict": _verdict_of(0, 5)})
+
+
+def test_the_summary_lists_the_findings_that_hold_and_fail_where_measured():
+    verdict = _verdict_of(
+        3, 5, holds=("progressive_sharpening",), unmeasured=("gradient_flow_leaves",)
+    )
+    text = eos.summary({"preset": "fast", "verdict": verdict})
+    assert text.startswith("3 of 5 runs reached the edge of stability")
+    assert "hold on every run at the edge: progressive_sharpening." in text
+    # Hovering was measured and failed; the unmeasured finding is in neither list.
+    assert "fail on some run: hovering." in text
+    assert "gradient_flow_leaves" not in text
+
+
+def test_bench_help_gives_every_presets_running_time(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["bench", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for suite, guide in (("flows", flow_error.PRESET_GUIDE), ("eos", eos.PRESET_GUIDE)):
+        assert f"--suite {suite}" in text
+        for preset, (duration, purpose) in guide.items():
+            assert f"{preset} {duration}: {purpose}" in text
