@@ -245,6 +245,7 @@ def test_registry_checks_hyperparameters_from_python_too():
     assert step.eps_inside_sqrt is True and float(step.b2) == 0.5 and float(step.b1) == 0.9
 
 
+@pytest.mark.slow  # about 8 s of compilation on an idle core, more on a loaded one
 def test_the_tables_note_states_the_fit_rule_the_tables_follow(tmp_path, capsys):
     # The note under the tables says a point is used when its error is at least
     # FLOOR_MARGIN times its floor: every row of the written results must obey it.

@@ -10,7 +10,7 @@ import pytest
 from jax.flatten_util import ravel_pytree
 
 import driftlab as dl
-from driftlab.cli import build_parser
+from driftlab.cli import build_parser, main
 from driftlab.suites import eos, flow_error
 
 
@@ -280,3 +280,24 @@ def test_bench_help_gives_every_presets_running_time(capsys):
         assert f"--suite {suite}" in text
         for preset, (duration, purpose) in guide.items():
             assert f"{preset} {duration}: {purpose}" in text
+
+
+@pytest.mark.parametrize("suite", ["flows", "eos"])
+def test_bench_case_without_earlier_results_is_one_line_before_running(suite, tmp_path, capsys):
+    argv = ["bench", "--suite", suite, "--preset", "smoke", "--case", "x", "--output"]
+    assert main([*argv, str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("driftlab: error: `--case x` reruns one case") and "\n" not in err
+    assert "run the whole preset there first" in err and not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    "suite, results, named",
+    [("flows", "flow_error.json", "quadratic/gd"), ("eos", "eos.json", "fc-digits")],
+)
+def test_bench_case_names_the_presets_cases_when_unknown(suite, results, named, tmp_path, capsys):
+    (tmp_path / results).write_text("{}")
+    argv = ["bench", "--suite", suite, "--preset", "smoke", "--case", "nope", "--output"]
+    assert main([*argv, str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("driftlab: error:") and named in err

@@ -1,31 +1,42 @@
 """`driftlab bench`: the suites of `driftlab.suites`, the flow sweep and the EoS suite."""
 
+import os
 import textwrap
 
-from ..suites.eos import PRESET_GUIDE as EOS_GUIDE
-from ..suites.flow_error import PRESET_GUIDE as FLOWS_GUIDE
+from .._errors import InputError
+from ..suites import eos, flow_error
 from ._common import DEFAULT_OUTPUT
+
+
+#: Each suite: its module and the results file a `--case` rerun merges into.
+SUITES = {"flows": (flow_error, "flow_error.json"), "eos": (eos, "eos.json")}
 
 
 def bench(args):
     """Run a suite: the flow-approximation sweep or the edge-of-stability suite."""
+    suite, results = SUITES[args.suite]
     argv = ["--preset", args.preset, "--output", args.output]
-    if args.suite == "eos":
-        from ..suites import eos
-
-        eos.run(args.preset, args.output, argv=argv)
+    if args.case is None:
+        suite.run(args.preset, args.output, argv=argv)
         return
-    from ..suites import flow_error
-
-    flow_error.run(args.preset, args.output, argv=argv)
+    if not os.path.exists(os.path.join(args.output, results)):
+        raise InputError(
+            f"`--case {args.case}` reruns one case into the {results} already in `--output` "
+            f"({args.output}), which has none: run the whole preset there first."
+        )
+    argv += ["--case", args.case]
+    if args.suite == "eos":
+        eos.run(args.preset, args.output, argv=argv, only=args.case)
+    else:
+        flow_error.run(args.preset, args.output, argv=argv, only=(args.case,))
 
 
 def _preset_table() -> str:
     """The epilog of `driftlab bench --help`: each suite's presets, their time and purpose."""
     lines = ["presets (running time measured on 2 CPU cores; a loaded machine takes longer):"]
-    for suite, guide in (("flows", FLOWS_GUIDE), ("eos", EOS_GUIDE)):
+    for suite, (module, _) in SUITES.items():
         lines.append(f"  --suite {suite}")
-        for preset, (duration, purpose) in guide.items():
+        for preset, (duration, purpose) in module.PRESET_GUIDE.items():
             lines.append(f"    {preset:<6} {duration}: {purpose}")
     return "\n".join(
         textwrap.fill(line, 88, subsequent_indent=" " * 11) if line.startswith("    ") else line
@@ -55,5 +66,11 @@ def register(commands) -> None:
         choices=["flows", "eos"],
         default="flows",
         help="flows: the flow-approximation sweep; eos: the edge-of-stability suite",
+    )
+    parser.add_argument(
+        "--case",
+        help="rerun only this case of the preset (flows: problem/optimiser as the tables name "
+        "it, e.g. quadratic/gd; eos: the problem, e.g. fc-digits) and replace its results in "
+        "the files already in --output",
     )
     parser.set_defaults(func=bench)
