@@ -252,7 +252,7 @@ def _verdict_of(reached_runs, total, holds=(), fails=(), unmeasured=()):
 
 def test_the_summary_says_in_words_what_a_smoke_run_shows():
     smoke = {"preset": "smoke", "verdict": _verdict_of(0, 2)}
-    text = eos.summary(smoke)
+    text = " ".join(eos.summary(smoke).split())
     assert text.startswith("0 of 2 runs reached the edge of stability")
     assert "No finding could be measured" in text
     assert eos.PRESET_GUIDE["smoke"][1] in text and "--preset fast" in text
@@ -264,7 +264,7 @@ def test_the_summary_lists_the_findings_that_hold_and_fail_where_measured():
     verdict = _verdict_of(
         3, 5, holds=("progressive_sharpening",), unmeasured=("gradient_flow_leaves",)
     )
-    text = eos.summary({"preset": "fast", "verdict": verdict})
+    text = " ".join(eos.summary({"preset": "fast", "verdict": verdict}).split())
     assert text.startswith("3 of 5 runs reached the edge of stability")
     assert "hold on every run at the edge: progressive_sharpening." in text
     # Hovering was measured and failed; the unmeasured finding is in neither list.

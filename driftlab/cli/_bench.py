@@ -71,6 +71,6 @@ def register(commands) -> None:
         "--case",
         help="rerun only this case of the preset (flows: problem/optimiser as the tables name "
         "it, e.g. quadratic/gd; eos: the problem, e.g. fc-digits) and replace its results in "
-        "the files already in --output",
+        "the files already in --output (default: the whole preset)",
     )
     parser.set_defaults(func=bench)

@@ -1,6 +1,7 @@
 """`driftlab order`: measure an optimiser's order of accuracy against flows, over a step grid."""
 
 import os
+import textwrap
 
 from .. import _registry
 from .._errors import InputError
@@ -10,13 +11,16 @@ from ._common import _grid_size, _nonnegative_int, _positive, _progress, _step_g
 
 
 #: Printed under the tables: what their two less obvious columns mean.
-TABLE_NOTE = (
-    "floor: the smallest error the measurement can resolve at that h (round-off and the ODE "
-    f"solver's tolerance); a point is used in the fit only when its error is at least "
-    f"{FLOOR_MARGIN:g}x its floor.\n"
-    "max |1 - mu|: the stability index at the largest h, the largest |1 - mu| over the "
-    "eigenvalues mu of the step map's Jacobian (h * lambda_max for GD); at 2, the edge of "
-    "stability, the fit stops being meaningful."
+TABLE_NOTE = "\n".join(
+    textwrap.fill(line, 88, subsequent_indent="  ")
+    for line in (
+        "floor: the smallest error the measurement can resolve at that h (round-off and the "
+        "ODE solver's tolerance); a point is used in the fit only when its error is at least "
+        f"{FLOOR_MARGIN:g}x its floor.",
+        "max |1 - mu|: the stability index at the largest h, the largest |1 - mu| over the "
+        "eigenvalues mu of the step map's Jacobian (h * lambda_max for GD); at 2, the edge of "
+        "stability, the fit stops being meaningful.",
+    )
 )
 
 

@@ -1,6 +1,7 @@
 """The edge-of-stability suite's report: the verdict and tables in Markdown, the figures, JSON."""
 
 import os
+import textwrap
 
 import numpy as np
 
@@ -241,4 +242,4 @@ def summary(result) -> str:
         if fails:
             lines.append(f"Findings that fail on some run: {', '.join(fails)}.")
     lines.append("Tables and figures: eos.md in the output directory.")
-    return "\n".join(lines)
+    return "\n".join(textwrap.fill(line, 88) for line in lines)

@@ -23,6 +23,7 @@ import dataclasses
 import json
 import os
 import sys
+import textwrap
 import time
 
 import equinox as eqx
@@ -260,7 +261,8 @@ def run(
             dataclasses.replace(c, flows=tuple(f for f in c.flows if f in flows)) for c in cases
         ]
     duration, purpose = PRESET_GUIDE[preset]
-    print(f"EoS suite, {preset} preset ({duration} on 2 idle cores): {purpose}.", flush=True)
+    guide = f"EoS suite, {preset} preset ({duration} on 2 CPU cores): {purpose}."
+    print(textwrap.fill(guide, 88), flush=True)
     progress = Progress()
     cpu_start = time.process_time()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
