@@ -1,7 +1,9 @@
 """The edge-of-stability suite: the smoke preset end to end, the verdict logic on known series."""
 
 import json
+import os
 import shutil
+import stat
 
 import jax
 import jax.numpy as jnp
@@ -12,6 +14,7 @@ from jax.flatten_util import ravel_pytree
 import driftlab as dl
 from driftlab.cli import build_parser, main
 from driftlab.suites import eos, flow_error
+from driftlab.suites._output import write_text_atomic
 
 
 @pytest.fixture(scope="module")
@@ -301,3 +304,13 @@ def test_bench_case_names_the_presets_cases_when_unknown(suite, results, named, 
     assert main([*argv, str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("driftlab: error:") and named in err
+
+
+def test_text_reports_replace_the_old_file_whole_with_the_mode_of_any_new_file(tmp_path):
+    path = tmp_path / "new" / "eos.md"
+    write_text_atomic("first\n", str(path))
+    write_text_atomic("second\n", str(path))
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert path.read_text() == "second\n" and os.listdir(path.parent) == ["eos.md"]
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask
