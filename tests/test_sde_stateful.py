@@ -10,7 +10,13 @@ import numpy as np
 import pytest
 
 import driftlab as dl
-from driftlab.analysis import momentum_moments, sme_moments, weak_error, WeakOrderEstimate
+from driftlab.analysis import (
+    momentum_moments,
+    sme_moments,
+    weak_error,
+    weak_order_of_accuracy,
+    WeakOrderEstimate,
+)
 from driftlab.flows import AdamSME, MomentumSME, RMSPropSME
 from driftlab.integrators import (
     AdamState,
@@ -221,6 +227,7 @@ def test_monte_carlo_momentum_weak_error_matches_the_exact_moments():
     moments = sme_moments(batches, Y0, h / (1 - beta), t_end / (1 - beta))
     exact_sde = np.concatenate([moments.mean, moments.second.ravel()])
     assert np.linalg.norm(point.sgd_expectation - exact_sgd) <= 4 * point.stderr
+    np.testing.assert_allclose(np.linalg.norm(point.component_stderrs), point.stderr, rtol=1e-12)
     assert (
         np.linalg.norm(point.sde_expectation - exact_sde) <= 4 * point.stderr + point.solver_error
     )
@@ -236,6 +243,18 @@ def test_bad_inputs_raise_one_clear_line():
     sde = RMSPropSME(LOSS, batches, h, 0.5, 0.1)  # assumes rho = 1 - 0.05
     with pytest.raises(dl.InputError, match="different scalings: the map has rho=0.9"):
         weak_error(step, sde, y, h, 1.0, lambda s: s.params, 10, jr.key(0))
+    fixed = RandomBatch(dl.RMSProp(LOSS, rho=1 - 0.5 * 0.4, eps=0.1))  # right at h = 0.4 only
+    with pytest.raises(dl.InputError, match="different scalings: the map has rho=0.8"):
+        weak_order_of_accuracy(
+            fixed,
+            lambda h: RMSPropSME(LOSS, batches, h, 0.5, 0.1),
+            y,
+            [0.1, 0.2, 0.4],
+            0.4,
+            lambda s: s.params,
+            10,
+            jr.key(0),
+        )
     with pytest.raises(dl.InputError, match="RMSPropSME models RandomBatch\\(RMSProp"):
         sde.check_step(RandomBatch(dl.HeavyBall(LOSS, 0.5)))
     with pytest.raises(dl.InputError, match="different scalings: the map has beta=0.5"):

@@ -34,6 +34,12 @@ Z_SCORE = 3.0
 NUM_LEVELS = 3
 
 
+def _component_variances(values: np.ndarray) -> np.ndarray:
+    """The variance of the sample mean of each component of per-sample values `(S, ...)`."""
+    flat = values.reshape(values.shape[0], -1)
+    return flat.var(axis=0, ddof=1) / flat.shape[0]
+
+
 def _stats(values: np.ndarray) -> tuple[np.ndarray, float]:
     """Sample mean of per-sample values `(S, ...)`, and the standard error of its norm."""
     flat = values.reshape(values.shape[0], -1)
@@ -55,6 +61,8 @@ class WeakError(eqx.Module):
       Euler–Maruyama at steps `dt`, `dt/2`, `dt/4` on one Brownian path per sample,
       extrapolated twice (Talay–Tubaro); see `weak_error`.
     - `solver_dt`: the finest Euler–Maruyama step.
+    - `component_stderrs`: the standard error of the difference for each component
+      of $\varphi$ (flattened), to fit each component's weak order on its own.
     - `sgd_expectation`, `sde_expectation`: the two sample means, flattened.
     - `sgd_samples_per_second`, `sde_samples_per_second`: measured throughput
       (compiled, one run; an SDE sample costs all three levels).
@@ -73,6 +81,7 @@ class WeakError(eqx.Module):
     sde_expectation: np.ndarray
     sgd_samples_per_second: float
     sde_samples_per_second: float
+    component_stderrs: np.ndarray | None = None
 
     @property
     def floor(self) -> float:
@@ -419,6 +428,7 @@ def weak_error(
         sde_expectation=sde_mean,
         sgd_samples_per_second=float(sgd_rate),
         sde_samples_per_second=float(sde_rate),
+        component_stderrs=np.sqrt(_component_variances(sgd_values) + _component_variances(fine)),
     )
 
 
