@@ -32,7 +32,7 @@ from driftlab.integrators import RandomBatch, RMSPropState
 from ._common import command_line, markdown_table, Progress, RESULTS_DIR, write_text_atomic
 
 
-DIM, NUM_BATCHES, SPREAD, DECAY_RATE, EPS, T_END = 6, 8, 0.1, 1.0, 1.0, 1.0
+DIM, NUM_BATCHES, SPREAD, DECAY_RATE, EPS, T_END = 6, 8, 0.05, 1.0, 1.0, 1.0
 TEST_NAMES = ("|theta|^2", "|nu|^2")
 
 
@@ -56,8 +56,8 @@ def main():
     parser.add_argument("--output", default=RESULTS_DIR)
     options = parser.parse_args()
     progress = Progress()
-    hs = np.array([1 / 4, 1 / 8, 1 / 16, 1 / 32])
-    num_samples = options.samples or (2000 if options.quick else 16000)
+    hs = np.array([1 / 2, 1 / 4, 1 / 8, 1 / 16])
+    num_samples = options.samples or (2000 if options.quick else 12000)
     batches, start = problem()
     loss = dl.problems.quadratic_loss
     progress(
@@ -88,7 +88,7 @@ def main():
                 np.abs(signed),
                 expected=order,
                 stderrs=[p.component_stderrs[c] for p in runs],
-                solver_errors=[p.solver_error for p in runs],
+                solver_errors=[p.component_solver_errors[c] for p in runs],
                 t_end=T_END,
                 strict=False,
                 sde_name=f"RMSPropSME(order={order})",

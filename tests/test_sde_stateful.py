@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
+import optax
 import pytest
 
 import driftlab as dl
@@ -73,7 +74,15 @@ def test_random_batch_draws_the_batches_of_random_batch_sgd(examples, batch_size
     np.testing.assert_array_equal(a.key, b.key)
 
 
-@pytest.mark.parametrize("map_", [dl.HeavyBall(LOSS, 0.5), dl.RMSProp(LOSS, 0.9, eps=0.1)])
+@pytest.mark.parametrize(
+    "map_",
+    [
+        dl.HeavyBall(LOSS, 0.5),
+        dl.RMSProp(LOSS, 0.9, eps=0.1),
+        dl.OptaxStepMap(LOSS, lambda h: optax.adam(h, b1=0.8)),
+    ],
+    ids=["heavy-ball", "rmsprop", "optax-adam"],
+)
 def test_random_batch_step_is_the_map_on_the_drawn_batch(map_):
     batches, h = _batches(), 0.1
     step = RandomBatch(map_)

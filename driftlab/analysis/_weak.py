@@ -61,8 +61,9 @@ class WeakError(eqx.Module):
       Euler–Maruyama at steps `dt`, `dt/2`, `dt/4` on one Brownian path per sample,
       extrapolated twice (Talay–Tubaro); see `weak_error`.
     - `solver_dt`: the finest Euler–Maruyama step.
-    - `component_stderrs`: the standard error of the difference for each component
-      of $\varphi$ (flattened), to fit each component's weak order on its own.
+    - `component_stderrs`, `component_solver_errors`: the standard error of the
+      difference and the solver's estimated error for each component of $\varphi$
+      (flattened), to fit each component's weak order on its own.
     - `sgd_expectation`, `sde_expectation`: the two sample means, flattened.
     - `sgd_samples_per_second`, `sde_samples_per_second`: measured throughput
       (compiled, one run; an SDE sample costs all three levels).
@@ -82,6 +83,7 @@ class WeakError(eqx.Module):
     sgd_samples_per_second: float
     sde_samples_per_second: float
     component_stderrs: np.ndarray | None = None
+    component_solver_errors: np.ndarray | None = None
 
     @property
     def floor(self) -> float:
@@ -429,6 +431,10 @@ def weak_error(
         sgd_samples_per_second=float(sgd_rate),
         sde_samples_per_second=float(sde_rate),
         component_stderrs=np.sqrt(_component_variances(sgd_values) + _component_variances(fine)),
+        component_solver_errors=(
+            np.abs(change_mean) + 2 * np.sqrt(_component_variances(coarse - fine))
+        )
+        / 3,
     )
 
 
