@@ -284,3 +284,27 @@ def test_bad_inputs_raise_one_clear_line():
         weak_error(good, sde, y, h, 1.0, lambda s: jnp.log(s.params), 10, jr.key(0))
     with pytest.raises(dl.InputError, match="`step_map` must be a deterministic"):
         RandomBatch(RandomBatchSGD(LOSS))
+
+
+def test_rmsprop_sme_without_noise_has_ode_slopes_one_and_two():
+    """Identical batches (Sigma = 0): the SDEs are ODEs, RMSProp at 1 - rho = h is deterministic."""
+    raw = dl.problems.quadratic_batches(3, 2, linear_terms=True, seed=3)[1]
+    batches = {k: jnp.broadcast_to(v.mean(0), v.shape) for k, v in raw.items()}
+    start = RMSPropState(jnp.asarray(Y0), jnp.asarray(NU0))
+    hs = np.array([1 / 16, 1 / 32, 1 / 64])
+    for order in (1, 2):
+        errors = []
+        for h in hs:
+            step = dl.RMSProp(LOSS, rho=1 - h, eps=1.0)
+            end = dl.iterate(
+                step, start, h, int(round(1 / h)), jax.tree.map(lambda x: x[0], batches)
+            )
+            sde = RMSPropSME(LOSS, batches, h, 1.0, 1.0, order=order)
+            flow_end = dl.solve(sde, start, 1.0)
+            errors.append(
+                np.linalg.norm(
+                    np.concatenate([end.params[-1] - flow_end.params, end.nu[-1] - flow_end.nu])
+                )
+            )
+        fit = WeakOrderEstimate.fit(hs, errors, expected=order, t_end=1.0)
+        assert fit.used.all() and fit.agrees(0.15), (order, fit.slope)
