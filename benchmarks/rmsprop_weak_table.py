@@ -12,7 +12,9 @@ point: `num_samples` RMSProp runs and as many SDE paths (Euler–Maruyama at thr
 extrapolated), both test functions from the same paths, each difference with its own
 standard error; slopes are fitted on the points clearly above their floors. Writes
 `benchmarks/results/rmsprop_weak_table.{json,md}`. Run:
-`python -m benchmarks.rmsprop_weak_table [--quick] [--samples N]`.
+`python -m benchmarks.rmsprop_weak_table [--quick] [--samples N] [--hs ...] [--orders ...]
+[--name STEM]` (the |theta|^2 order-2 row needs more paths at fewer step sizes:
+`--orders 2 --hs 0.5 0.25 0.125 --samples 48000 --name rmsprop_weak_table_theta`).
 """
 
 import argparse
@@ -53,10 +55,13 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer samples (smoke run)")
     parser.add_argument("--samples", type=int, default=None, help="paths per point and side")
+    parser.add_argument("--hs", type=float, nargs="+", default=[1 / 2, 1 / 4, 1 / 8, 1 / 16])
+    parser.add_argument("--orders", type=int, nargs="+", default=[1, 2], choices=[1, 2])
+    parser.add_argument("--name", default="rmsprop_weak_table", help="results file stem")
     parser.add_argument("--output", default=RESULTS_DIR)
     options = parser.parse_args()
     progress = Progress()
-    hs = np.array([1 / 2, 1 / 4, 1 / 8, 1 / 16])
+    hs = np.array(options.hs)
     num_samples = options.samples or (2000 if options.quick else 12000)
     batches, start = problem()
     loss = dl.problems.quadratic_loss
@@ -66,10 +71,10 @@ def main():
         f"{num_samples} paths per side"
     )
     max_steps = int(round(T_END / hs.min())) * 2 * 4 + 1
-    points = {1: [], 2: []}
+    points = {order: [] for order in options.orders}
     for i, h in enumerate(hs):
         step = RandomBatch(dl.RMSProp(loss, rho=1 - DECAY_RATE * h, eps=EPS))
-        for order in (1, 2):
+        for order in options.orders:
             sde = RMSPropSME(loss, batches, h, DECAY_RATE, EPS, order=order)
             point = weak_error(
                 step, sde, start, float(h), T_END, squares, num_samples,
@@ -139,7 +144,7 @@ def main():
         ]
     )
     print(text)
-    write_text_atomic(text + "\n", os.path.join(options.output, "rmsprop_weak_table.md"))
+    write_text_atomic(text + "\n", os.path.join(options.output, f"{options.name}.md"))
     write_json_atomic(
         {
             "machine": machine_info(),
@@ -153,9 +158,9 @@ def main():
             "num_samples": num_samples,
             "estimates": [e.to_dict() for e in estimates],
         },
-        os.path.join(options.output, "rmsprop_weak_table.json"),
+        os.path.join(options.output, f"{options.name}.json"),
     )
-    progress(f"wrote {options.output}/rmsprop_weak_table.{{json,md}}")
+    progress(f"wrote {options.output}/{options.name}.{{json,md}}")
 
 
 if __name__ == "__main__":
