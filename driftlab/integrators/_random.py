@@ -162,7 +162,7 @@ class RandomBatchSGD(AbstractRandomBatchMap, _AbstractParamsInStateMap):
     def init(self, params: Y, args: Args = None, *, key=None) -> RandomBatchState:
         """The state `(params, key)`; `key` (a `jax.random.key`) seeds the batch draws."""
         del args
-        return RandomBatchState(params, _raw_key(key, "RandomBatchSGD"))
+        return self.keyed(params, key)
 
     def keyed(self, state: Y, key) -> RandomBatchState:
         return RandomBatchState(state, _raw_key(key, "RandomBatchSGD"))
