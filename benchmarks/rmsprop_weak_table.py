@@ -13,9 +13,11 @@ extrapolated), both test functions from the same paths, each difference with its
 standard error; slopes are fitted on the points clearly above their floors. Writes
 `benchmarks/results/rmsprop_weak_table.{json,md}`. Run:
 `python -m benchmarks.rmsprop_weak_table [--quick] [--samples N] [--hs ...] [--orders ...]
-[--optimiser adam] [--name STEM]` (`--optimiser adam --orders 1`: `AdamSME` against
+[--optimiser adam] [--spread S] [--name STEM]` (`--optimiser adam --orders 1`: `AdamSME` against
 `RandomBatch(Adam(..., bias_correction=False))` at 1 - b_i = c_i h, into
-`adam_weak_order.{json,md}`) (the |theta|^2 order-2 row needs more paths at fewer step sizes:
+`adam_weak_order.{json,md}`; `--spread 0 --samples 2 --name rmsprop_noise_free`: the
+same problem without noise, where the SDEs are ODEs and the errors carry no Monte Carlo
+floor) (the |theta|^2 order-2 row needs more paths at fewer step sizes:
 `--orders 2 --hs 0.5 0.25 0.125 --samples 48000 --name rmsprop_weak_table_theta`).
 """
 
@@ -47,10 +49,10 @@ def squares(state):
     return jnp.stack([jnp.sum(state.params**2), jnp.sum(state.nu**2)])
 
 
-def problem(optimiser: str):
+def problem(optimiser: str, spread: float):
     """The batches, the start (buffers at E g_B and E g_B^2) and the pair `h -> (map, SDE)`."""
     raw = dl.problems.quadratic_batches(DIM, NUM_BATCHES, linear_terms=True, seed=3)[1]
-    batches = {k: v.mean(0) + SPREAD * (v - v.mean(0)) for k, v in raw.items()}
+    batches = {k: v.mean(0) + spread * (v - v.mean(0)) for k, v in raw.items()}
     theta = 3 * np.random.default_rng(0).standard_normal(DIM)
     grads = np.einsum("kij,j->ki", np.asarray(batches["A"]), theta) - np.asarray(batches["b"])
     theta, mu, nu = (jnp.asarray(x) for x in (theta, grads.mean(0), (grads**2).mean(0)))
@@ -78,6 +80,12 @@ def main():
     parser.add_argument("--hs", type=float, nargs="+", default=[1 / 2, 1 / 4, 1 / 8, 1 / 16])
     parser.add_argument("--orders", type=int, nargs="+", default=[1, 2], choices=[1, 2])
     parser.add_argument("--optimiser", choices=["rmsprop", "adam"], default="rmsprop")
+    parser.add_argument(
+        "--spread",
+        type=float,
+        default=SPREAD,
+        help="spread of the batches around their mean (0: no noise, the SDE an ODE)",
+    )
     parser.add_argument("--name", default=None, help="results file stem")
     parser.add_argument("--output", default=RESULTS_DIR)
     options = parser.parse_args()
@@ -99,9 +107,9 @@ def main():
         "rmsprop": "# Weak order of RMSProp's SDEs (Callisti, Romito & Triggiano 2025, Table 1)",
         "adam": "# Weak order of Adam's SDE (Malladi et al. 2022 scaling of 1 - b_i)",
     }[options.optimiser]
-    batches, start, pair = problem(options.optimiser)
+    batches, start, pair = problem(options.optimiser, options.spread)
     progress(
-        f"{optimiser} on {NUM_BATCHES} quadratic batches in d = {DIM} (spread {SPREAD}), "
+        f"{optimiser} on {NUM_BATCHES} quadratic batches in d = {DIM} (spread {options.spread}), "
         f"{scaling}, eps = {EPS}; h = {hs.tolist()}; t = {T_END}; "
         f"{num_samples} paths per side"
     )
@@ -167,7 +175,7 @@ def main():
             title,
             f"Command: `{command_line('benchmarks.rmsprop_weak_table', argv)}`. {optimiser} on "
             f"{NUM_BATCHES} quadratic batches in d = {DIM} (one batch per step; spread "
-            f"{SPREAD} around their mean), {scaling}, eps = {EPS} inside the root; test "
+            f"{options.spread} around their mean), {scaling}, eps = {EPS} inside the root; test "
             f"functions |theta|^2 and |nu|^2 at t = {T_END}; {num_samples} {optimiser} runs "
             "and SDE paths per step size (both test functions from the same paths).",
             markdown_table(
@@ -193,7 +201,7 @@ def main():
             "command": command_line("benchmarks.rmsprop_weak_table", argv),
             "dim": DIM,
             "num_batches": NUM_BATCHES,
-            "spread": SPREAD,
+            "spread": options.spread,
             "optimiser": options.optimiser,
             "scaling": scaling,
             "eps": EPS,
