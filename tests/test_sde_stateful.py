@@ -308,3 +308,30 @@ def test_rmsprop_sme_without_noise_has_ode_slopes_one_and_two():
             )
         fit = WeakOrderEstimate.fit(hs, errors, expected=order, t_end=1.0)
         assert fit.used.all() and fit.agrees(0.15), (order, fit.slope)
+
+
+def test_weak_error_runs_the_optimiser_state_through_observe():
+    """Identical batches: every minibatch path is deterministic RMSProp / heavy-ball, exactly."""
+    raw = dl.problems.quadratic_batches(3, 2, linear_terms=True, seed=3)[1]
+    batches = {k: jnp.broadcast_to(v.mean(0), v.shape) for k, v in raw.items()}
+    one = jax.tree.map(lambda x: x[0], batches)
+    h = 0.25
+    rmsprop = dl.RMSProp(LOSS, rho=1 - h, eps=1.0)
+    start = RMSPropState(jnp.asarray(Y0), jnp.asarray(NU0))
+    sde = RMSPropSME(LOSS, batches, h, 1.0, 1.0)
+    point = weak_error(
+        RandomBatch(rmsprop), sde, start, h, 1.0, lambda s: jnp.append(s.params, s.nu), 2,
+        jr.key(0),
+    )  # fmt: skip
+    end = dl.iterate(rmsprop, start, h, 4, one)
+    np.testing.assert_allclose(
+        point.sgd_expectation, np.append(end.params[-1], end.nu[-1]), atol=1e-14
+    )
+    assert point.stderr < 1e-14  # no noise: zero up to rounding
+    momentum = dl.HeavyBall(LOSS, 0.5)
+    point = weak_error(
+        RandomBatch(momentum), MomentumSME(LOSS, batches, h, 0.5),
+        momentum.init(jnp.asarray(Y0)), h, 1.0, lambda p: p, 2, jr.key(0),
+    )  # fmt: skip
+    end = dl.iterate(momentum, momentum.init(jnp.asarray(Y0)), h, 4, one)
+    np.testing.assert_allclose(point.sgd_expectation, end.params[-1], atol=1e-14)
