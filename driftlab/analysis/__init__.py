@@ -17,6 +17,7 @@ from ._order import (
     OrderEstimate as OrderEstimate,
 )
 from ._spectra import (
+    batch_sharpness as batch_sharpness,
     hessian_eigenpairs as hessian_eigenpairs,
     HessianSpectrum as HessianSpectrum,
     lambda_max as lambda_max,
