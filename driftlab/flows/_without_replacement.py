@@ -35,8 +35,8 @@ $F(x) \to 1/x^2$ along sharp directions ($mh\lambda \gg 1$, $h\lambda < 2$): the
 covariance is not regularised there; it grows geometrically for $\lambda < 0$.
 The two forms agree when every $J_a$ commutes with $H$; otherwise the weighted
 trace misses the off-diagonal divided differences (measured on random quadratic
-batches: 8% of the second-order term at $h\lambda_{max} = 0.5$, 25% at 1.5,
-against 24% and 64% for the small-$h\lambda$ form).
+batches: 8% of the second-order term at $h\lambda_{max} = 0.5$, 24% at 1.5,
+against 23% and 62% for the small-$h\lambda$ form).
 """
 
 from collections.abc import Callable
