@@ -138,7 +138,8 @@ def test_forms_tend_to_the_small_h_form():
     assert np.isclose(extra, h * sgd_variance_regulariser(quadratic_loss, y, batches), rtol=1e-12)
 
 
-def test_regulariser_against_dense_weights_on_a_network():
+@pytest.mark.slow
+def test_regulariser_against_dense_weights_on_a_network():  # 10-40 s, mostly compilation
     problem = helpers.small_mlp()
     batches = problem.batches(NUM_BATCHES)
     h = 0.7
