@@ -183,3 +183,41 @@ def test_input_errors():
         sgd_without_replacement_regulariser(quadratic_loss, 0.1, num_iterations=0)
     with pytest.raises(dl.InputError, match="`loss`"):
         sgd_without_replacement_correction(None, y, scaled(1.0), 0.1)
+
+
+def _quartic_loss(y, batch):
+    return quadratic_loss(y, batch) + 0.25 * QUARTIC * jnp.sum(y**4)
+
+
+QUARTIC = 0.5
+
+
+def test_second_order_term_with_a_third_derivative():
+    # L_k = 1/2 y^T A_k y - b_k^T y + (c/4) sum y^4: D^3 L = 6c diag(y) != 0 at the stationary
+    # point of L, found by Newton. The term 1/2 D^3L[u, u] of the noise's own displacement u
+    # is second order in the batch differences: without it the misfit here is O(1).
+    scaled, _ = _batches(commuting=False)
+    batches = scaled(1.0)
+    mean_batch = jax.tree_util.tree_map(lambda leaf: jnp.mean(leaf, axis=0), batches)
+    gradient = jax.grad(_quartic_loss)
+    y = jnp.linalg.solve(mean_batch["A"], mean_batch["b"])
+    for _ in range(50):
+        y = y - jnp.linalg.solve(jax.hessian(_quartic_loss)(y, mean_batch), gradient(y, mean_batch))
+    assert float(jnp.linalg.norm(gradient(y, mean_batch))) < 1e-13
+    h = float(1.5 / jnp.max(jnp.linalg.eigvalsh(jax.hessian(_quartic_loss)(y, mean_batch))))
+    mean_epoch = eqx.filter_jit(dl.OrderAveragedSGDEpoch(_quartic_loss).__call__)
+    gd = dl.GradientDescent(_quartic_loss)
+
+    def second_order(eps):
+        def displacement(e):
+            epoch, stacked = y, scaled(e)
+            mean = jax.tree_util.tree_map(lambda leaf: jnp.mean(leaf, axis=0), stacked)
+            for _ in range(NUM_BATCHES):
+                epoch = gd(epoch, h, mean)
+            return mean_epoch(y, h, stacked) - epoch
+
+        return (displacement(eps) + displacement(-eps)) / (2 * eps**2)
+
+    predicted = sgd_without_replacement_correction(_quartic_loss, y, batches, h)
+    coarse, fine = (helpers.relative_error(predicted, second_order(e)) for e in (1e-2, 2.5e-3))
+    assert 12 < coarse / fine < 20 and fine < 1e-4, (coarse, fine)
