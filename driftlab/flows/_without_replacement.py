@@ -24,8 +24,8 @@ derivative of the matrix polynomial $Q$ (in $H$'s eigenbasis, $J_a$'s entries
 times the divided differences $(Q(\mu_k) - Q(\mu_l))/(\mu_k - \mu_l)$). The dots
 are third order in the differences and, away from a stationary point of $L$,
 terms of second order in the differences and first in $g$ (the noise moves
-along GD's path; on the digits MLP near a minimum they changed the misfit by
-0.3 points of 22%). At a stationary point the bracket is the whole second-order
+along GD's path; on the digits MLP near a minimum they are the remaining
+0.4-2.3% of the second-order coefficient at $h\lambda_{max}$ = 0.25-1.5). At a stationary point the bracket is the whole second-order
 term: `tests/test_without_replacement.py` extracts it from the mean over all
 $m!$ orders, on quadratic batches and on batches with a quartic term, and
 matches it to $O(\epsilon^2)$.
