@@ -25,10 +25,11 @@ times the divided differences $(Q(\mu_k) - Q(\mu_l))/(\mu_k - \mu_l)$). The dots
 are third order in the differences and, away from a stationary point of $L$,
 terms of second order in the differences and first in $g$ (the noise moves
 along GD's path; on the digits MLP near a minimum they are the remaining
-0.4-2.3% of the second-order coefficient at $h\lambda_{max}$ = 0.25-1.5). At a stationary point the bracket is the whole second-order
-term: `tests/test_without_replacement.py` extracts it from the mean over all
-$m!$ orders, on quadratic batches and on batches with a quartic term, and
-matches it to $O(\epsilon^2)$.
+0.4-2.3% of the second-order coefficient at $h\lambda_{max}$ = 0.25-1.5). At a
+stationary point the bracket is the whole second-order term:
+`tests/test_without_replacement.py` extracts it from the mean over all $m!$
+orders, on quadratic batches and on batches with a quartic term, and matches
+it to $O(\epsilon^2)$.
 
 Beneventano's "additional step on a regulariser" keeps only the part of
 $DQ(M)[J_a]$ diagonal in $H$'s eigenbasis, $J_aQ'(M)$ (and no third
