@@ -192,7 +192,8 @@ def _quartic_loss(y, batch):
 QUARTIC = 0.5
 
 
-def test_second_order_term_with_a_third_derivative():
+@pytest.mark.slow
+def test_second_order_term_with_a_third_derivative():  # 10-45 s, mostly compilation
     # L_k = 1/2 y^T A_k y - b_k^T y + (c/4) sum y^4: D^3 L = 6c diag(y) != 0 at the stationary
     # point of L, found by Newton. The term 1/2 D^3L[u, u] of the noise's own displacement u
     # is second order in the batch differences: without it the misfit here is O(1).
