@@ -29,8 +29,9 @@ Claims checked on the MLP on digits, over several seeds:
 5. the mean trajectory of SGD without replacement differs from those of noise-injected
    GD and of SGD with replacement (the fitted strength of the extra step, per seed,
    more than 2 standard errors apart);
-6. h lambda = O(1), near a minimum: the exact second-order term is closer to the mean epoch's
-   drift beyond GD (all orders) than the small-h step, at every h lambda_max in 0.25-1.5;
+6. h lambda = O(1), near a minimum: the exact second-order term predicts the mean epoch's
+   drift beyond GD (all orders) within 15%, closer than the small-h step, at every
+   h lambda_max in 0.25-1.5;
 7. the paper's weighted-trace step is closer than the small-h step at h lambda_max >= 0.75.
 """
 
@@ -351,9 +352,9 @@ def main():
     near = order_one["after 300 GD steps"]["rows"]
     error = lambda h_lambda, form: near[h_lambda][form]["relative_error"]  # noqa: E731
     checks[
-        "h lambda = O(1) near a minimum: the exact second-order term is closer to the mean "
-        "drift over all orders than the small-h step (every h lambda_max)"
-    ] = all(error(k, FORMS[0]) < error(k, FORMS[2]) for k in near)
+        "h lambda = O(1) near a minimum: the exact second-order term predicts the mean drift "
+        "over all orders within 15% and closer than the small-h step (every h lambda_max)"
+    ] = all(error(k, FORMS[0]) < min(0.15, error(k, FORMS[2])) for k in near)
     checks[
         "the paper's weighted-trace step is closer than the small-h step at h lambda_max >= 0.75"
     ] = all(error(str(k), FORMS[1]) < error(str(k), FORMS[2]) for k in H_LAMBDAS if k >= 0.75)
