@@ -24,6 +24,7 @@ from ._errors import (
     StabilityWarning as StabilityWarning,
 )
 from .analysis import (
+    batch_sharpness as batch_sharpness,
     drift as drift,
     global_error as global_error,
     GradientStructure as GradientStructure,

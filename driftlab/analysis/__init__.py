@@ -29,6 +29,7 @@ from ._scaling import (
     SquareRootScalingRule as SquareRootScalingRule,
 )
 from ._spectra import (
+    batch_sharpness as batch_sharpness,
     hessian_eigenpairs as hessian_eigenpairs,
     HessianSpectrum as HessianSpectrum,
     lambda_max as lambda_max,

@@ -10,6 +10,7 @@ from .. import _lanczos
 from .._custom_types import Args, RealScalarLike, Y
 from .._errors import check_float64_tree, InputError
 from .._tree import grad, ravel
+from ..integrators._maps import num_batches
 
 
 #: Below this many unknowns, spectra are computed densely (exact and cheap).
@@ -137,3 +138,59 @@ def stability_index(step, y: Y, h: RealScalarLike, args: Args = None) -> float:
         jacobian = np.asarray(jax.jacfwd(displacement)(flat))
         return float(np.max(np.abs(np.linalg.eigvals(jacobian))))
     return float(_device_radius(step, flat, unravel, h, args))
+
+
+@eqx.filter_jit
+def _device_batch_sharpness(loss, flat, unravel, batches):
+    def rayleigh(batch):
+        grad_flat = lambda x: ravel(grad(loss, unravel(x), batch))[0]
+        gradient, hvp = jax.linearize(grad_flat, flat)
+        squared = jnp.vdot(gradient, gradient)
+        return jnp.vdot(gradient, hvp(gradient)) / jnp.where(squared > 0, squared, 1.0), squared
+
+    return jax.vmap(rayleigh)(batches)
+
+
+def batch_sharpness(loss, params: Y, batches: Args) -> float:
+    r"""Batch sharpness $\mathbb E_B[g_B^\top H_B g_B / \|g_B\|^2]$ over a stack of batches.
+
+    $g_B$ and $H_B$ are the gradient and Hessian of the minibatch loss
+    $L_B$ = `loss(params, B)` at `params`; the mean runs over the leading axis of
+    `batches` (draw them as the optimiser does, e.g. uniformly at random, for a
+    Monte Carlo estimate of the expectation). It is the curvature of each
+    minibatch's loss along its own step: minibatch SGD with step $h$ is unstable
+    along its own direction once it exceeds $2/h$. Andreyev & Beneventano find it
+    hovers at $2/h$ in training (the *edge of stochastic stability*) while
+    $\lambda_{max}$ of the full loss stays below $2/h$; at full batch it is
+    $g^\top Hg/\|g\|^2 \le \lambda_{max}$.
+
+    Matrix-free: one gradient and one Hessian-vector product per batch, vmapped and
+    jitted on the device (no host round trips; batches may be sharded).
+
+    **Raises:** `driftlab.InputError` if `batches` is not a stack of batches, or if a
+    batch's gradient is exactly zero (its Rayleigh quotient is undefined).
+
+    ??? cite "Reference"
+        ```bibtex
+        @article{andreyev2024edge,
+          title={Edge of Stochastic Stability: Revisiting the Edge of Stability for {SGD}},
+          author={Andreyev, Arseniy and Beneventano, Pierfrancesco},
+          journal={arXiv preprint arXiv:2412.20553},
+          year={2024}
+        }
+        ```
+    """
+    check_float64_tree(params, "params")
+    try:
+        num_batches(batches)
+    except ValueError as error:
+        raise InputError(str(error)) from None
+    flat, unravel = ravel(params)
+    quotients, squared_norms = _device_batch_sharpness(loss, flat, unravel, batches)
+    zero = np.flatnonzero(np.asarray(squared_norms) == 0)
+    if zero.size:
+        raise InputError(
+            f"batch {int(zero[0])} of `batches` has a zero gradient at `params`: its batch "
+            "sharpness g^T H g / |g|^2 is undefined; drop that batch or move `params`."
+        )
+    return float(jnp.mean(quotients))

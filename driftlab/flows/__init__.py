@@ -44,3 +44,8 @@ from ._sme import (
     RMSPropSME as RMSPropSME,
     StochasticModifiedEquation as StochasticModifiedEquation,
 )
+from ._without_replacement import (
+    covariance_weights as covariance_weights,
+    sgd_without_replacement_correction as sgd_without_replacement_correction,
+    sgd_without_replacement_regulariser as sgd_without_replacement_regulariser,
+)
