@@ -11,10 +11,22 @@ from ._gradient_structure import (
     GradientStructure as GradientStructure,
     is_gradient_field as is_gradient_field,
 )
-from ._moments import Moments as Moments, sgd_moments as sgd_moments, sme_moments as sme_moments
+from ._moments import (
+    Moments as Moments,
+    momentum_moments as momentum_moments,
+    sgd_moments as sgd_moments,
+    sme_moments as sme_moments,
+)
 from ._order import (
     order_of_accuracy as order_of_accuracy,
     OrderEstimate as OrderEstimate,
+)
+from ._scaling import (
+    AbstractScalingRule as AbstractScalingRule,
+    LinearScalingRule as LinearScalingRule,
+    scaling_rule_error as scaling_rule_error,
+    ScalingRuleCheck as ScalingRuleCheck,
+    SquareRootScalingRule as SquareRootScalingRule,
 )
 from ._spectra import (
     hessian_eigenpairs as hessian_eigenpairs,

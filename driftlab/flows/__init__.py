@@ -37,4 +37,10 @@ from ._momentum import (
 )
 from ._principal import PrincipalFlow as PrincipalFlow
 from ._sgd import ExactBatchSGDFlow as ExactBatchSGDFlow, SGDFlow as SGDFlow
-from ._sme import StochasticModifiedEquation as StochasticModifiedEquation
+from ._sme import (
+    AbstractStochasticModifiedEquation as AbstractStochasticModifiedEquation,
+    AdamSME as AdamSME,
+    MomentumSME as MomentumSME,
+    RMSPropSME as RMSPropSME,
+    StochasticModifiedEquation as StochasticModifiedEquation,
+)
