@@ -14,7 +14,7 @@ from driftlab.flows._central import _push, _warm_start
 K, GUARDS, N = 4, 1, 60
 
 
-def _drifting_matrices(num=24):
+def _drifting_matrices(num=16):
     """H(t) = Q(t) diag(lam(t)) Q(t)^T with rotating eigenvectors, t in [0, 1].
 
     In the top K: lam_2 and lam_3 cross inside it (at t = 0.5); lam_4 falls and
@@ -39,7 +39,7 @@ def _drifting_matrices(num=24):
 def test_the_drifting_sequence_crosses_inside_and_out_of_the_top_k():
     _, spectra = _drifting_matrices()
     first, last = spectra[0][-K:], spectra[-1][-K:]
-    t0, t1 = 0.5 / 24, 1 - 0.5 / 24
+    t0, t1 = 0.5 / 16, 1 - 0.5 / 16
     # 4 - 2t is in the top K at the start and out at the end; 3 + t/2 the other way round.
     assert np.isclose(first, 4 - 2 * t0).any() and not np.isclose(last, 4 - 2 * t1).any()
     assert np.isclose(last, 3 + t1 / 2).any() and not np.isclose(first, 3 + t0 / 2).any()
