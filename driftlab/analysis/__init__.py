@@ -33,6 +33,8 @@ from ._spectra import (
     hessian_eigenpairs as hessian_eigenpairs,
     HessianSpectrum as HessianSpectrum,
     lambda_max as lambda_max,
+    preconditioned_eigenpairs as preconditioned_eigenpairs,
+    preconditioned_stability_threshold as preconditioned_stability_threshold,
     stability_index as stability_index,
 )
 from ._time_average import (
