@@ -22,6 +22,7 @@ from .._errors import (
     MeasurementError,
     RoundoffWarning,
 )
+from .._tree import split
 from ..flows._sme import sde_euler_solve, StochasticModifiedEquation
 from ..integrators._random import RandomBatchSGD, RandomBatchState
 from ._order import above_floor, can_fit, check_step_grid, fit_slope
@@ -256,8 +257,10 @@ class WeakOrderEstimate(eqx.Module):
 @eqx.filter_jit
 def _sgd_values(step, params, h, num_steps, data, keys, test_fn):
     def one(key):
-        state = RandomBatchState(params, jr.key_data(key))
-        final = jax.lax.fori_loop(0, num_steps, lambda _, s: step(s, h, data), state)
+        # The loop carries the state's arrays; a model's static leaves (its activation) stay out.
+        state, static = split(RandomBatchState(params, jr.key_data(key)))
+        advance = lambda _, s: split(step(eqx.combine(s, static), h, data))[0]
+        final = eqx.combine(jax.lax.fori_loop(0, num_steps, advance, state), static)
         return test_fn(final.params)
 
     return jax.vmap(one)(keys)
@@ -269,7 +272,8 @@ def _sde_values(sde, y0, t_end, dt, tol, keys, test_fn, max_steps):
 
     def one(key):
         ys = sde_euler_solve(sde, y0, t_end, dt, key, tol, saveat, max_steps)
-        return test_fn(jax.tree_util.tree_map(lambda x: x[0], ys))
+        arrays, static = split(ys)
+        return test_fn(eqx.combine(jax.tree_util.tree_map(lambda x: x[0], arrays), static))
 
     return jax.vmap(one)(keys)
 

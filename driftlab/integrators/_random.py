@@ -11,6 +11,7 @@ from jaxtyping import Array, UInt
 
 from .._custom_types import Args, RealScalarLike, Scalar, Y
 from .._errors import InputError
+from .._tree import grad, tree_axpy
 from ._maps import _AbstractParamsInStateMap, num_batches
 
 
@@ -111,16 +112,15 @@ class RandomBatchSGD(_AbstractParamsInStateMap):
         """$\\bar g_B$, the minibatch gradient over the units `indices` of `data`."""
         chosen = jtu.tree_map(lambda x: x[indices], data)
         if self.examples:
-            return jax.grad(self.loss)(params, chosen)
-        grads = jax.vmap(jax.grad(self.loss), in_axes=(None, 0))(params, chosen)
+            return grad(self.loss, params, chosen)
+        grads = jax.vmap(grad, in_axes=(None, None, 0))(self.loss, params, chosen)
         return jtu.tree_map(lambda g: jnp.mean(g, axis=0), grads)
 
     def __call__(self, y: RandomBatchState, h: RealScalarLike, args: Args) -> RandomBatchState:
         num = num_units(args)
         check_sampling(num, self.batch_size, self.replacement)
         key, subkey = jr.split(jr.wrap_key_data(y.key))
-        grad = self.gradient(y.params, args, self.draw(subkey, num))
-        params = jtu.tree_map(lambda p, g: p - h * g, y.params, grad)
+        params = tree_axpy(-h, self.gradient(y.params, args, self.draw(subkey, num)), y.params)
         return RandomBatchState(params, jr.key_data(key))
 
     def init(self, params: Y, args: Args = None, *, key=None) -> RandomBatchState:
