@@ -16,6 +16,7 @@ import scipy.stats
 
 from .._custom_types import Y
 from .._errors import (
+    check_factory,
     check_float64_tree,
     check_step_size,
     InputError,
@@ -452,6 +453,12 @@ def weak_order_of_accuracy(
     with a NaN slope instead, its points kept).
     """
     grid = check_step_grid(hs)
+    check_factory(
+        make_sde,
+        "make_sde",
+        StochasticModifiedEquation,
+        "lambda h: StochasticModifiedEquation.of(step, data, h, order)",
+    )
     max_steps = int(round(t_end / grid[0])) * substeps * 2 ** (NUM_LEVELS - 1) + 1
     points, order = [], None
     for i, h in enumerate(grid):

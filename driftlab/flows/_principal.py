@@ -185,8 +185,9 @@ class PrincipalFlow(AbstractFlow):
                 field,
                 jnp.any(jnp.stack(flags)),
                 "PrincipalFlow: h * lambda_i >= 1 for an eigenvalue of the Hessian, where "
-                "the field is complex (or, at h * lambda_i = 1, does not exist); pass a "
-                "complex128 state, e.g. `y0.astype(jnp.complex128)`.",
+                "the field is complex (or, at h * lambda_i = 1, does not exist); measure with "
+                "`complex_state=True` (local_error, global_error, drift), or call the field "
+                "on a complex128 copy of the parameters.",
             )
         _, unravel = ravel_pytree(arrays)
         return unravel(field)
