@@ -12,7 +12,7 @@ import numpy as np
 
 from . import _registry, _weak_cli
 from ._errors import DriftlabError, InputError, StabilityWarning
-from ._io import machine_info, write_json_atomic
+from ._io import checked_output_dir, machine_info, write_json_atomic
 
 
 DEFAULT_OUTPUT = "driftlab-results"
@@ -97,6 +97,7 @@ def order(args, title=None):
     """Measure every (flow, kind) pair and report; validates everything before compiling."""
     from .analysis import order_of_accuracy
 
+    checked_output_dir(args.output)
     hs = _step_grid(args.h_min, args.h_max, args.num)
     make_problem = _registry.lookup(_registry.PROBLEMS, "problem", args.problem)
     optimiser = _registry.lookup(_registry.OPTIMISERS, "optimiser", args.optimiser)
@@ -180,6 +181,8 @@ def bench(args):
             "`driftlab bench` runs `benchmarks/flow_error.py`, which ships with the source "
             "checkout, not the installed package; run it from a clone of the repository."
         )
+    if args.output:
+        checked_output_dir(args.output)
     if root not in sys.path:
         sys.path.insert(0, root)
     if args.suite == "eos":

@@ -242,3 +242,19 @@ def test_registry_checks_hyperparameters_from_python_too():
         _registry.OPTIMISERS["heavy-ball"](problem, {"beta": 2.0})
     step, _, _ = _registry.OPTIMISERS["adam"](problem, {"eps_inside_sqrt": 1.0, "b2": "0.5"})
     assert step.eps_inside_sqrt is True and float(step.b2) == 0.5 and float(step.b1) == 0.9
+
+
+@pytest.mark.parametrize("command", [["demo"], ["order"], ["bench"], ["weak"]])
+@pytest.mark.parametrize("where", ["a file", "/proc/nope"])
+def test_an_unwritable_output_exits_2_before_computing(
+    tmp_path, capsys, nothing_measured, command, where
+):
+    if where == "a file":
+        where = str(tmp_path / "results.json")
+        open(where, "w").close()
+    elif not os.path.isdir("/proc"):
+        pytest.skip("no /proc on this system")
+    assert _main([*command, "--output", where]) == 2
+    line = _error_line(capsys)
+    assert line.startswith("driftlab: error: `--output`")
+    assert "is a file" in line or "cannot be written" in line
