@@ -39,6 +39,10 @@ class StabilityWarning(UserWarning):
     """A measurement runs where its premises fail, e.g. `h * lambda_max >= 2`."""
 
 
+class CostWarning(UserWarning):
+    """A measurement is set up to cost far more than an equivalent one would (a dense field)."""
+
+
 class RoundoffWarning(UserWarning):
     """Some points of a measurement sit at the round-off floor or solver tolerance."""
 

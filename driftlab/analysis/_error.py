@@ -9,9 +9,11 @@ from .._custom_types import Args, RealScalarLike, Y
 from .._errors import (
     check_same_structure,
     check_step_size,
+    CostWarning,
     InputError,
     MeasurementError,
     StabilityWarning,
+    warn_at_caller,
 )
 from .._tree import array_leaves, split, tree_norm, tree_sub
 from ..flows import AbstractFlow
@@ -101,6 +103,8 @@ def _compare(
     problem = region_problem(step, flow, y0, args)
     if problem is not None:
         raise MeasurementError(f"{type(flow).__name__}: {problem}.")
+    if isinstance(flow, AbstractFlow) and (advice := flow.cost_advice(step.parameters(y0))):
+        warn_at_caller(advice, CostWarning)
     y0 = starting_state(step, flow, y0, args, on_slow_manifold)
     params0 = step.parameters(y0)
     y_map = step.parameters(advance(step, y0, h, num_steps, args))

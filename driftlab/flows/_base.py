@@ -110,6 +110,17 @@ class AbstractFlow(eqx.Module):
         del params, args
         return None
 
+    def cost_advice(self, params: Y) -> str | None:
+        r"""Why solving this flow from `params` costs far more than it needs to, or `None`.
+
+        `driftlab.local_error`, `global_error`, `drift` and `order_of_accuracy` warn
+        with it (`driftlab.CostWarning`) before solving: a field that forms a dense
+        matrix at every evaluation names its matrix-free option here. `None` (the
+        default): nothing to advise.
+        """
+        del params
+        return None
+
     def modified_loss(self, y: Y, args: Args) -> Scalar:
         r"""The modified loss $\tilde L_h$ with $f_h = -\nabla \tilde L_h$, where one exists."""
         del y, args

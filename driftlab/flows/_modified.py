@@ -168,9 +168,10 @@ class ModifiedFlow(AbstractSeriesFlow):
         $p$ by $E_2\,((p + 1)/3)^3$ (measured growth is slower: about $p^{1.6}$ for GD,
         $p^2$ for heavy-ball; GD's order 6 on a 433-parameter MLP traces about 1,250
         operations and compiles in seconds). Beyond `MAX_TRACED_OPERATIONS` the order is
-        refused, naming the largest that fits (never below `ORDERS_NOT_CHECKED`). The compiler's time and memory, not the run's arrays, are
-        what explodes: order 100 of GD on a 433-parameter MLP ran 9 minutes and reached
-        16.5 GB before it was stopped.
+        refused, naming the largest that fits (never below `ORDERS_NOT_CHECKED`). The
+        compiler's time and memory, not the run's arrays, are what explodes: order 100
+        of GD on a 433-parameter MLP ran 9 minutes and reached 16.5 GB before it was
+        stopped.
         """
         if self.order <= ORDERS_NOT_CHECKED:
             return
