@@ -218,7 +218,7 @@ def test_measurements_with_a_complex_state_see_gd_on_the_flow(quadratic, h_lambd
         dl.local_error(step, flow, problem.params, h, data)
 
 
-def test_a_dense_field_on_many_parameters_warns_naming_lanczos():
+def test_a_dense_field_on_many_parameters_warns_naming_lanczos(capfd):
     # 300 parameters: the dense field diagonalises a 300 x 300 Hessian per evaluation.
     n = 300
     eigenvalues = jnp.linspace(0.1, 1.0, n)
@@ -227,6 +227,7 @@ def test_a_dense_field_on_many_parameters_warns_naming_lanczos():
     step = dl.GradientDescent(loss)
     with pytest.warns(dl.CostWarning, match=r"300 x 300 Hessian .* method='lanczos'"):
         dense = dl.local_error(step, dl.PrincipalFlow(loss, h), y0, h)
+    assert "100.00%" in capfd.readouterr().out  # the costly solve showed its progress
     # The advice holds: Lanczos with k = num_iterations = n gives the same measurement.
     lanczos = dl.PrincipalFlow(loss, h, method="lanczos", k=n, num_iterations=n)
     assert dl.PrincipalFlow(loss, h).cost_advice(y0) is not None

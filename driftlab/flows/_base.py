@@ -114,9 +114,9 @@ class AbstractFlow(eqx.Module):
         r"""Why solving this flow from `params` costs far more than it needs to, or `None`.
 
         `driftlab.local_error`, `global_error`, `drift` and `order_of_accuracy` warn
-        with it (`driftlab.CostWarning`) before solving: a field that forms a dense
-        matrix at every evaluation names its matrix-free option here. `None` (the
-        default): nothing to advise.
+        with it (`driftlab.CostWarning`) before solving, and show that solve's progress:
+        a field that forms a dense matrix at every evaluation names its matrix-free
+        option here. `None` (the default): nothing to advise.
         """
         del params
         return None
