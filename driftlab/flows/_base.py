@@ -34,9 +34,11 @@ def _checked_call(method, y_position: int):
 
     @ft.wraps(method)
     def checked(self, *inputs, **kwargs):
-        if _is_traced(inputs):
+        if _is_traced((inputs, kwargs)):
             return method(self, *inputs, **kwargs)
-        check_float64_tree(inputs[y_position], "y", allow_complex=True)
+        y = inputs[y_position] if len(inputs) > y_position else kwargs.get("y")
+        if y is not None:
+            check_float64_tree(y, "y", allow_complex=True)
         try:
             return method(self, *inputs, **kwargs)
         except eqx.EquinoxRuntimeError as error:
