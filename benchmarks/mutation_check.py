@@ -352,8 +352,9 @@ MUTANTS = [
         "driftlab/flows/_taylor.py",
         "tree_add(coefficients[0], g0),",
         "tree_add(g0, g0),",
-        ("tests/test_models.py::test_modified_flow_order_one_is_igr_on_a_model",),
-        "the PyTree expansion's first-order term doubled instead of accumulated",
+        ("tests/test_modified_flow.py::test_euler_on_y_squared",),
+        "the PyTree expansion's h-coefficient held at 2 G(y) instead of accumulated "
+        "(c_{j,1} = j G(y); equivalent below order 3, where two iterates suffice)",
     ),
     Mutant(
         "gradient-flow-sign",
