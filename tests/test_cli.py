@@ -258,3 +258,19 @@ def test_the_tables_note_states_the_fit_rule_the_tables_follow(tmp_path, capsys)
     for estimate in json.loads((tmp_path / "order.json").read_text())["estimates"]:
         for error, floor, used in zip(estimate["errors"], estimate["floors"], estimate["used"]):
             assert used == (error >= analysis._order.FLOOR_MARGIN * floor)
+
+
+@pytest.mark.parametrize("command", [["demo"], ["order"], ["bench"], ["weak"]])
+@pytest.mark.parametrize("where", ["a file", "/proc/nope"])
+def test_an_unwritable_output_exits_2_before_computing(
+    tmp_path, capsys, nothing_measured, command, where
+):
+    if where == "a file":
+        where = str(tmp_path / "results.json")
+        open(where, "w").close()
+    elif not os.path.isdir("/proc"):
+        pytest.skip("no /proc on this system")
+    assert _main([*command, "--output", where]) == 2
+    line = _error_line(capsys)
+    assert line.startswith("driftlab: error: `--output`")
+    assert "is a file" in line or "cannot be written" in line

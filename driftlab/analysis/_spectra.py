@@ -247,6 +247,7 @@ def stability_index(step, y: Y, h: RealScalarLike, args: Args = None) -> float:
     unknowns: Arnoldi with full reorthogonalisation on Jacobian-vector
     products, on the device (jitted, no host round trips).
     """
+    check_float64_tree(y, "y", allow_integer=True)
     flat, unravel = ravel(y)
     n = flat.size
     if n <= DENSE_LIMIT:

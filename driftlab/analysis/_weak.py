@@ -16,12 +16,14 @@ import scipy.stats
 
 from .._custom_types import Y
 from .._errors import (
+    check_factory,
     check_float64_tree,
     check_step_size,
     InputError,
     MeasurementError,
     RoundoffWarning,
 )
+from .._tree import split
 from ..flows._sme import AbstractStochasticModifiedEquation, sde_euler_solve
 from ..integrators._maps import AbstractStepMap
 from ..integrators._random import AbstractRandomBatchMap, RandomBatch
@@ -268,8 +270,10 @@ class WeakOrderEstimate(eqx.Module):
 @eqx.filter_jit
 def _sgd_values(step, sde, y0, h, num_steps, data, keys, test_fn):
     def one(key):
-        state = step.keyed(y0, key)
-        final = jax.lax.fori_loop(0, num_steps, lambda _, s: step(s, h, data), state)
+        # The loop carries the state's arrays; a model's static leaves (its activation) stay out.
+        state, static = split(step.keyed(y0, key))
+        advance = lambda _, s: split(step(eqx.combine(s, static), h, data))[0]
+        final = eqx.combine(jax.lax.fori_loop(0, num_steps, advance, state), static)
         return test_fn(sde.observe(step.unkeyed(final)))
 
     return jax.vmap(one)(keys)
@@ -281,7 +285,8 @@ def _sde_values(sde, y0, t_end, dt, tol, keys, test_fn, max_steps):
 
     def one(key):
         ys = sde_euler_solve(sde, y0, t_end, dt, key, tol, saveat, max_steps)
-        return test_fn(jax.tree_util.tree_map(lambda x: x[0], ys))
+        arrays, static = split(ys)
+        return test_fn(eqx.combine(jax.tree_util.tree_map(lambda x: x[0], arrays), static))
 
     return jax.vmap(one)(keys)
 
@@ -480,6 +485,12 @@ def weak_order_of_accuracy(
     with a NaN slope instead, its points kept).
     """
     grid = check_step_grid(hs)
+    check_factory(
+        make_sde,
+        "make_sde",
+        AbstractStochasticModifiedEquation,
+        "lambda h: StochasticModifiedEquation.of(step, data, h, order)",
+    )
     max_steps = int(round(t_end / grid[0])) * substeps * 2 ** (NUM_LEVELS - 1) + 1
     points, order = [], None
     for i, h in enumerate(grid):

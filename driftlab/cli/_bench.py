@@ -4,6 +4,7 @@ import os
 import textwrap
 
 from .._errors import InputError
+from .._io import checked_output_dir
 from ..suites import eos, flow_error
 from ._common import DEFAULT_OUTPUT
 
@@ -14,6 +15,7 @@ SUITES = {"flows": (flow_error, "flow_error.json"), "eos": (eos, "eos.json")}
 
 def bench(args):
     """Run a suite: the flow-approximation sweep or the edge-of-stability suite."""
+    checked_output_dir(args.output)
     suite, results = SUITES[args.suite]
     argv = ["--preset", args.preset, "--output", args.output]
     if args.case is None:

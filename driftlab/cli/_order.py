@@ -5,7 +5,7 @@ import textwrap
 
 from .. import _registry
 from .._errors import InputError
-from .._io import machine_info, write_json_atomic
+from .._io import checked_output_dir, machine_info, write_json_atomic
 from ..analysis._order import FLOOR_MARGIN
 from ._common import _grid_size, _nonnegative_int, _positive, _progress, _step_grid, DEFAULT_OUTPUT
 
@@ -42,6 +42,7 @@ def order(args, title=None):
     """Measure every (flow, kind) pair and report; validates everything before compiling."""
     from ..analysis import order_of_accuracy
 
+    checked_output_dir(args.output)
     hs = _step_grid(args.h_min, args.h_max, args.num)
     make_problem = _registry.lookup(_registry.PROBLEMS, "problem", args.problem)
     optimiser = _registry.lookup(_registry.OPTIMISERS, "optimiser", args.optimiser)

@@ -13,7 +13,7 @@ from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, Float, Int
 
 from .._custom_types import Args, RealScalarLike, Scalar, Y
-from .._errors import InputError
+from .._errors import check_float64_tree, InputError
 from .._lanczos import eigsh, warm_eigsh
 from .._tree import grad as tree_grad, ravel, split
 from ..integrators._maps import _preconditioned, RMSPropState
@@ -270,6 +270,7 @@ class AbstractCentralFlow(AbstractFlow):
             raise InputError(f"`substeps` must be a positive integer, got {substeps!r}.")
         if not isinstance(num_steps, int) or num_steps < 0:
             raise InputError(f"`num_steps` must be a non-negative integer, got {num_steps!r}.")
+        check_float64_tree(y0, "y0")
         flow = eqx.tree_at(lambda f: f.lookahead, self, self.h / substeps, is_leaf=_is_none)
         return _integrate(flow, y0, num_steps, args, substeps, bool(warm_start))
 

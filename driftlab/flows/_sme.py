@@ -12,7 +12,7 @@ from equinox import AbstractVar
 from jaxtyping import Array, Float
 
 from .._custom_types import Args, RealScalarLike, Scalar, Y
-from .._errors import check_step_size, InputError
+from .._errors import check_float64_tree, check_step_size, InputError
 from .._tree import grad, gradient_function, split, tree_vdot
 from ..integrators._maps import (
     _preconditioned,
@@ -189,6 +189,7 @@ class AbstractStochasticModifiedEquation(AbstractFlow):
         """
         dt = check_step_size(dt, "dt")
         t_end = check_step_size(t_end, "t_end")
+        check_float64_tree(y0, "y0")
         saveat = diffrax.SaveAt(t1=True) if ts is None else diffrax.SaveAt(ts=jnp.asarray(ts))
         ys = _euler_solve(self, y0, t_end, dt, key, saveat, int(round(t_end / dt)) + 1)
         if ts is not None:

@@ -13,6 +13,7 @@ from jaxtyping import Array, UInt
 
 from .._custom_types import Args, RealScalarLike, Scalar, Y
 from .._errors import InputError
+from .._tree import grad, tree_axpy
 from ._maps import _AbstractParamsInStateMap, AbstractStepMap, num_batches
 
 
@@ -151,12 +152,11 @@ class RandomBatchSGD(AbstractRandomBatchMap, _AbstractParamsInStateMap):
 
     def gradient(self, params: Y, data: Args, indices: Array) -> Y:
         """$\\bar g_B$, the minibatch gradient over the units `indices` of `data`."""
-        return jax.grad(minibatch_loss(self.loss, self.examples))(params, _take(data, indices))
+        return grad(minibatch_loss(self.loss, self.examples), params, _take(data, indices))
 
     def __call__(self, y: RandomBatchState, h: RealScalarLike, args: Args) -> RandomBatchState:
         key, indices = self.next_minibatch(y.key, args)
-        grad = self.gradient(y.params, args, indices)
-        params = jtu.tree_map(lambda p, g: p - h * g, y.params, grad)
+        params = tree_axpy(-h, self.gradient(y.params, args, indices), y.params)
         return RandomBatchState(params, key)
 
     def init(self, params: Y, args: Args = None, *, key=None) -> RandomBatchState:
