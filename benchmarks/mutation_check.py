@@ -287,8 +287,8 @@ MUTANTS = [
     Mutant(
         "sme-noise-centring",
         "driftlab/flows/_sme.py",
-        "weights = dw - jnp.mean(dw)",
-        "weights = dw",
+        "weights = jnp.mean(dw) - dw",
+        "weights = -dw",
         ("tests/test_sme.py::test_noise_has_covariance_h_c_sigma",),
         "the SME noise built from uncentred unit gradients",
     ),

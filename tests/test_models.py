@@ -388,10 +388,43 @@ _MEASUREMENTS = {
     "is_gradient_field": lambda p, loss, b: (
         dl.is_gradient_field(dl.IGRFlow(loss, 0.05), p, b, key=jr.key(0)).symmetric_norm
     ),
+    "batch_sharpness": lambda p, loss, b: dl.analysis.batch_sharpness(
+        loss, p, jax.tree.map(lambda x: x.reshape(4, 4, -1), b)
+    ),
+    "preconditioned_eigenpairs": lambda p, loss, b: (
+        dl.analysis.preconditioned_eigenpairs(
+            loss, p, jax.tree.map(lambda x: 2.0 + jnp.abs(x), eqx.filter(p, eqx.is_array)), b
+        ).eigenvalues
+    ),
+    "scaling_rule_error": lambda p, loss, b: (
+        dl.analysis.scaling_rule_error(
+            optax.sgd,
+            {"learning_rate": 0.05},
+            dl.analysis.LinearScalingRule(),
+            loss,
+            p,
+            b,
+            batch_size=2,
+            num_steps=4,
+            ks=[2],
+            test_fn=_phi,
+            num_samples=4,
+            key=jr.key(0),
+            examples=True,
+        ).errors
+    ),
 }
 #: Public names of `driftlab.analysis` that are not measurements on a parameter PyTree: result
-#: types, averaging helpers, and the exact moments of quadratic units (matrices, not a model).
-_NOT_ON_PARAMETERS = {"averaging_weights", "time_average", "sgd_moments", "sme_moments"}
+#: types, averaging helpers, the exact moments of quadratic units (matrices, not a model) and
+#: the adaptive methods' stability threshold (a number of h).
+_NOT_ON_PARAMETERS = {
+    "averaging_weights",
+    "time_average",
+    "sgd_moments",
+    "sme_moments",
+    "momentum_moments",
+    "preconditioned_stability_threshold",
+}
 
 
 def test_every_measurement_is_listed():

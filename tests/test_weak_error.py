@@ -51,7 +51,7 @@ def test_extrapolated_mean_and_solver_error_match_the_closed_form():
         true_error,
     )
     np.testing.assert_allclose(point.solver_error, abs(coarse - fine) / 3, rtol=1e-9)
-    assert point.stderr == 0.0
+    assert point.stderr < 1e-14  # every path is the mean: round-off only
     np.testing.assert_allclose(point.error, abs(_em_mean(a, H) - fine), rtol=1e-9)
 
 

@@ -25,6 +25,7 @@ import optax
 
 from .._custom_types import Args, Y
 from .._errors import check_float64_tree, InputError, MeasurementError
+from .._tree import split
 from ..integrators._random import (
     check_loss,
     check_sampling,
@@ -370,9 +371,13 @@ def _final_values(optimizer, dynamic, static, sampler, params, data, num_steps, 
     batch = sampler.batch_size
     permutation = RandomBatchSGD(sampler.loss, num, replacement=False, examples=sampler.examples)
 
+    # The loop carries the parameters' arrays; a model's static leaves (its activation) stay out.
+    arrays, model_static = split(params)
+
     def one(key):
         def step(j, carry):
             theta, state = carry
+            model = eqx.combine(theta, model_static)
             if sampler.replacement:
                 chunk = lambda r: sampler.draw(jr.fold_in(key, j * k + r), num)
             else:
@@ -381,15 +386,15 @@ def _final_values(optimizer, dynamic, static, sampler, params, data, num_steps, 
             total = jax.lax.fori_loop(
                 0,
                 k,
-                lambda r, acc: jtu.tree_map(jnp.add, acc, sampler.gradient(theta, data, chunk(r))),
+                lambda r, acc: jtu.tree_map(jnp.add, acc, sampler.gradient(model, data, chunk(r))),
                 jtu.tree_map(jnp.zeros_like, theta),
             )
             grad = jtu.tree_map(lambda g: g / k, total)
             updates, state = transform.update(grad, state, theta)
             return optax.apply_updates(theta, updates), state
 
-        theta, _ = jax.lax.fori_loop(0, num_steps, step, (params, transform.init(params)))
-        return jnp.asarray(test_fn(theta), dtype=jnp.float64)
+        theta, _ = jax.lax.fori_loop(0, num_steps, step, (arrays, transform.init(arrays)))
+        return jnp.asarray(test_fn(eqx.combine(theta, model_static)), dtype=jnp.float64)
 
     return jax.vmap(one)(keys)
 

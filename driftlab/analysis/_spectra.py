@@ -9,7 +9,7 @@ from jaxtyping import Array
 from .. import _lanczos
 from .._custom_types import Args, RealScalarLike, Y
 from .._errors import check_float64_tree, InputError
-from .._tree import grad, ravel
+from .._tree import grad, ravel, split
 from ..integrators._maps import num_batches
 
 
@@ -186,7 +186,8 @@ def preconditioned_eigenpairs(
     flat = ravel(params)[0]
     try:
         diagonal = ravel(preconditioner)[0]
-        same = jax.tree.structure(preconditioner) == jax.tree.structure(params)
+        # A model's static leaves (its activation) may be kept in `preconditioner` or not.
+        same = jax.tree.structure(split(preconditioner)[0]) == jax.tree.structure(split(params)[0])
     except (TypeError, ValueError):
         same = False
     if not same or diagonal.shape != flat.shape:

@@ -198,6 +198,14 @@ class AbstractStochasticModifiedEquation(AbstractFlow):
         return eqx.combine(jtu.tree_map(lambda x: x[0], arrays), static)
 
 
+def _centred_gradient_noise(sde, y: Y, dw: Float[Array, " N"], scale) -> Y:
+    r"""$-\mathrm{scale}\sum_k (\mathrm dW_k - \overline{\mathrm dW})\,g_k$ without forming
+    the $g_k$: one gradient of the unit losses weighted by the centred `dw`."""
+    weights = jnp.mean(dw) - dw
+    weighted = lambda p, _: jnp.dot(weights, unit_losses(sde.loss, p, sde.data, sde.examples))
+    return jtu.tree_map(lambda g: scale * g, grad(weighted, y, None))
+
+
 def _check_same(name: str, step_value, sde_value, sde, fix: str) -> None:
     if abs(float(step_value) - float(sde_value)) > 1e-12 * max(1.0, abs(float(sde_value))):
         raise InputError(
@@ -332,11 +340,7 @@ class StochasticModifiedEquation(AbstractStochasticModifiedEquation):
     def noise(self, t: RealScalarLike, y: Y, args: Args, dw: Float[Array, " N"]) -> Y:
         r"""$G(\theta)\,\mathrm dW$ without forming $G$: one gradient of a weighted loss."""
         del t, args
-        weights = jnp.mean(dw) - dw
-        weighted = lambda p, _: jnp.dot(
-            weights, unit_losses(self.loss, p, self.data, self.examples)
-        )
-        return jtu.tree_map(lambda g: self._noise_scale() * g, grad(weighted, y, None))
+        return _centred_gradient_noise(self, y, dw, self._noise_scale())
 
     def check_map(self, step_map) -> None:
         _check_random_batch_sgd(step_map)
@@ -420,12 +424,7 @@ class MomentumSME(AbstractStochasticModifiedEquation):
     def noise(self, t: RealScalarLike, y: Y, args: Args, dw: Float[Array, " N"]) -> Y:
         r"""$\sqrt h\,\sigma\,\mathrm dW$ by one gradient of a weighted loss (no $g_k$ formed)."""
         del t, args
-        weights = jnp.mean(dw) - dw
-        weighted = lambda p, _: jnp.dot(
-            weights, unit_losses(self.loss, p, self.data, self.examples)
-        )
-        scale = self._rate() * self._noise_scale()
-        return jtu.tree_map(lambda g: scale * g, grad(weighted, y, None))
+        return _centred_gradient_noise(self, y, dw, self._rate() * self._noise_scale())
 
     def observe(self, state) -> Y:
         """The parameters of a `MomentumState` (the buffer is fast, see above)."""
