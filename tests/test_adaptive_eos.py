@@ -11,7 +11,7 @@ import driftlab as dl
 from benchmarks import adaptive_eos
 
 
-H, EVERY, NUM_STEPS = 0.01, 3, 6
+H, EVERY, NUM_STEPS = 0.01, 2, 2
 
 
 @pytest.fixture(scope="module")
@@ -21,11 +21,9 @@ def problem():
 
 
 @pytest.mark.parametrize("name, b1", [("rmsprop", 0.0), ("adam", 0.9)])
-def test_recorded_preconditioned_sharpness_matches_the_dense_generalised_problem(
-    problem, name, b1
-):
+def test_recorded_preconditioned_sharpness_matches_the_dense_generalised_problem(problem, name, b1):
     record = adaptive_eos.adaptive_run(problem, name, H, NUM_STEPS, EVERY, b1=0.9, b2=0.99)
-    assert record["steps"] == [0, 3, 6]
+    assert record["steps"] == [0, 2]
     # The thresholds written out: 2/h for RMSProp, (2 + 2 b1) / ((1 - b1) h) = 38/h for Adam.
     assert record["threshold"] == pytest.approx(2 / H if name == "rmsprop" else 38 / H, rel=1e-12)
     assert record["threshold"] == dl.analysis.preconditioned_stability_threshold(H, b1)
@@ -36,16 +34,14 @@ def test_recorded_preconditioned_sharpness_matches_the_dense_generalised_problem
     at, after = (jtu.tree_map(lambda x, i=i: x[i], states) for i in (EVERY, EVERY + 1))
     nu = ravel_pytree(after.nu)[0]
     if name == "adam":
-        nu = nu / (1 - 0.99 ** after.count)
+        nu = nu / (1 - 0.99**after.count)
     preconditioner = np.sqrt(np.asarray(nu)) + 1e-8
 
     flat, unravel = ravel_pytree(at.params)
     hessian = np.asarray(jax.hessian(lambda z: problem.loss(unravel(z), problem.data))(flat))
     expected = scipy.linalg.eigh(hessian, np.diag(preconditioner), eigvals_only=True)[-1]
     np.testing.assert_allclose(record["preconditioned_sharpness"][1], expected, rtol=1e-8)
-    np.testing.assert_allclose(
-        record["lambda_max"][1], np.linalg.eigvalsh(hessian)[-1], rtol=1e-8
-    )
+    np.testing.assert_allclose(record["lambda_max"][1], np.linalg.eigvalsh(hessian)[-1], rtol=1e-8)
     assert record["loss"][1] == pytest.approx(float(problem.loss(at.params, problem.data)))
 
 
