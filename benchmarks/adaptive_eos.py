@@ -104,23 +104,25 @@ def adaptive_run(problem, name, h, num_steps, every, *, b1=0.9, b2=0.99, eps=1e-
 def verdict(record, tolerance=HOVER_TOLERANCE):
     """Does the run reach its threshold, hover there, and does lambda_max keep rising?
 
-    `reaches`: some checkpoint's preconditioned sharpness is at least (1 - `tolerance`) of the
-    threshold; `first_step`: the first such; `hovering`: checkpoints from there on within
-    `tolerance` of it (of `after`, their number); `lambda_max_growth`: lambda_max at the last
-    checkpoint over lambda_max at `first_step`.
+    `reaches`: some checkpoint's preconditioned sharpness lies within `tolerance` of the
+    threshold; `first_step`: the first such (a run may come down to it: RMSProp from nu = 0
+    starts far above, its first P being sqrt(1 - rho) |g|); `hovering`: checkpoints from there
+    on within `tolerance` (of `after`, their number); `starts_above`: the first checkpoint is
+    above the band; `lambda_max_growth`: lambda_max at the last checkpoint over lambda_max at
+    `first_step`.
     """
     ratios = [s / record["threshold"] for s in record["preconditioned_sharpness"]]
     near = [abs(r - 1) <= tolerance for r in ratios]
-    first = next((i for i, r in enumerate(ratios) if r >= 1 - tolerance), None)
+    first = next((i for i, inside in enumerate(near) if inside), None)
+    result = {"starts_above": ratios[0] > 1 + tolerance, "max_ratio": max(ratios)}
     if first is None:
-        return {"reaches": False, "first_step": None, "hovering": 0, "after": 0,
-                "max_ratio": max(ratios), "lambda_max_growth": None}  # fmt: skip
-    return {
+        return result | {"reaches": False, "first_step": None, "hovering": 0, "after": 0,
+                         "lambda_max_growth": None}  # fmt: skip
+    return result | {
         "reaches": True,
         "first_step": record["steps"][first],
         "hovering": sum(near[first:]),
         "after": len(near) - first,
-        "max_ratio": max(ratios),
         "lambda_max_growth": record["lambda_max"][-1] / record["lambda_max"][first],
     }
 
@@ -133,11 +135,13 @@ CASES = {
         every=10,
         hs={"rmsprop": 2e-3, "adam": 5e-3},
     ),
+    # Adam's loss falls to 1e-6 here; the preconditioned sharpness rises as the gradients
+    # (and P) shrink: at h = 5e-3 it reaches only 0.56 x 38/h by step 500.
     "deep-linear": dict(
         make=lambda: dl.problems.deep_linear(dim=8, depth=5, num_samples=100, init_scale=0.85),
-        num_steps=500,
+        num_steps=800,
         every=10,
-        hs={"rmsprop": 2e-3, "adam": 5e-3},
+        hs={"rmsprop": 2e-3, "adam": 1e-2},
     ),
 }
 
@@ -185,6 +189,7 @@ def main(argv=None):
             label,
             settings[label]["h"],
             fmt(records[label]["threshold"]),
+            "above" if v["starts_above"] else "below",
             "yes" if v["reaches"] else f"no (max {v['max_ratio']:.2f})",
             v["first_step"] if v["reaches"] else "-",
             f"{v['hovering']} / {v['after']}" if v["reaches"] else "-",
@@ -196,8 +201,9 @@ def main(argv=None):
         "run",
         "h",
         "threshold",
-        "reaches (0.9 x)",
-        "first step",
+        "step 0",
+        "reaches (within 10%)",
+        "first step in band",
         "checkpoints within 10% after",
         "lambda_max last / at onset",
     ]

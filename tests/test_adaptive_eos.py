@@ -56,7 +56,12 @@ def test_verdict_counts_the_checkpoints_at_the_threshold():
     assert result["reaches"] and result["first_step"] == 10
     assert (result["hovering"], result["after"]) == (3, 4)
     assert result["lambda_max_growth"] == pytest.approx(2.5)
+    assert not result["starts_above"]
     assert not adaptive_eos.verdict({**record, "preconditioned_sharpness": [1.0] * 5})["reaches"]
+    # Coming down from above: the band is entered at step 20, not at the start.
+    above = adaptive_eos.verdict({**record, "preconditioned_sharpness": [25, 12, 10.5, 9.2, 7]})
+    assert above["starts_above"] and above["first_step"] == 20
+    assert (above["hovering"], above["after"]) == (2, 3)
 
 
 def test_unknown_optimiser_is_an_input_error(problem):
