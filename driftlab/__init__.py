@@ -62,22 +62,31 @@ from .flows import (
 )
 from .integrators import (
     AbstractEulerStepMap as AbstractEulerStepMap,
+    AbstractSchedule as AbstractSchedule,
     AbstractStepMap as AbstractStepMap,
     Adam as Adam,
     AlternatingGD as AlternatingGD,
+    CosineSchedule as CosineSchedule,
     ExplicitEuler as ExplicitEuler,
+    ExponentialSchedule as ExponentialSchedule,
+    FunctionSchedule as FunctionSchedule,
     GradientDescent as GradientDescent,
     HeavyBall as HeavyBall,
     iterate as iterate,
     Nesterov as Nesterov,
+    OptaxSchedule as OptaxSchedule,
     OptaxStepMap as OptaxStepMap,
     OrderAveragedSGDEpoch as OrderAveragedSGDEpoch,
+    PolynomialSchedule as PolynomialSchedule,
     RandomBatchSGD as RandomBatchSGD,
     RMSProp as RMSProp,
+    Scheduled as Scheduled,
+    ScheduledState as ScheduledState,
     SGD as SGD,
     SGDEpoch as SGDEpoch,
     SimultaneousGD as SimultaneousGD,
     solve as solve,
+    WarmupCosineSchedule as WarmupCosineSchedule,
 )
 
 

@@ -25,4 +25,15 @@ from ._random import (
     RandomBatchSGD as RandomBatchSGD,
     RandomBatchState as RandomBatchState,
 )
+from ._schedules import (
+    AbstractSchedule as AbstractSchedule,
+    CosineSchedule as CosineSchedule,
+    ExponentialSchedule as ExponentialSchedule,
+    FunctionSchedule as FunctionSchedule,
+    OptaxSchedule as OptaxSchedule,
+    PolynomialSchedule as PolynomialSchedule,
+    Scheduled as Scheduled,
+    ScheduledState as ScheduledState,
+    WarmupCosineSchedule as WarmupCosineSchedule,
+)
 from ._solve import solve as solve
