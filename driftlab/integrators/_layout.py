@@ -22,7 +22,7 @@ BURNED_IN_COUNT = 2**30
 
 
 class Layout(NamedTuple):
-    """Where the parameters, the clock and the auxiliary state sit in the ravelled map state.
+    r"""Where the parameters, the clock and the auxiliary state sit in the ravelled map state.
 
     Step counters are not ravelled: `unravel(u)` puts them back at
     `BURNED_IN_COUNT`, `ravel(state)` leaves them out. The continuous time
