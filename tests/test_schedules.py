@@ -1,6 +1,7 @@
 """Learning-rate schedules in continuous time: `Scheduled` maps and their modified flows."""
 
-import math
+import pathlib
+import re
 import warnings
 
 import hypothesis
@@ -125,7 +126,9 @@ def test_scheduled_flow_uses_time_argument():
     flow = dl.ModifiedFlow(step, 0.01, 0)
     g = problem.A @ problem.params
     for t in (0.0, 0.5, 2.0):
-        np.testing.assert_allclose(flow(t, problem.params, problem.data), -SMOOTH(t) * g, rtol=1e-12)
+        np.testing.assert_allclose(
+            flow(t, problem.params, problem.data), -SMOOTH(t) * g, rtol=1e-12
+        )
 
 
 def test_order_one_is_the_half_step_earlier_rate():
@@ -140,9 +143,9 @@ def test_order_one_is_the_half_step_earlier_rate():
 
 
 schedules = st.one_of(
-    st.tuples(
-        st.floats(0.5, 1.5), st.floats(-0.5, 0.5), st.floats(-0.2, 0.2)
-    ).map(lambda c: dl.PolynomialSchedule(c)),
+    st.tuples(st.floats(0.5, 1.5), st.floats(-0.5, 0.5), st.floats(-0.2, 0.2)).map(
+        lambda c: dl.PolynomialSchedule(c)
+    ),
     st.tuples(st.floats(-1.0, 1.0), st.floats(0.5, 1.5)).map(
         lambda p: dl.ExponentialSchedule(p[0], scale=p[1])
     ),
@@ -161,8 +164,12 @@ def test_random_smooth_schedules_have_their_local_order(problem, schedule, order
     step = dl.Scheduled(dl.GradientDescent(problem.loss), schedule)
     y0 = dl.ScheduledState(problem.params, t0)
     dlt.assert_order(
-        step, lambda h: dl.ModifiedFlow(step, h, order), y0, args=problem.data,
-        hs=[0.04, 0.02, 0.01, 0.005], tolerance=0.3,
+        step,
+        lambda h: dl.ModifiedFlow(step, h, order),
+        y0,
+        args=problem.data,
+        hs=[0.04, 0.02, 0.01, 0.005],
+        tolerance=0.3,
     )
 
 
@@ -179,3 +186,154 @@ def test_scheduled_gd_order_on_mlp(order):
     dlt.assert_order(
         step, make_flow, y0, kind="global", args=problem.data, hs=hs, t_end=0.5, tolerance=0.3
     )
+
+
+# The schedule rows of docs/optax.md: (map, schedule, f_0 at tau as a function of
+# (sigma, theta, g)) or the InputError's reason.
+B1, B2, EPS, DECAY, BETA = 0.5, 0.7, 1e-2, 0.3, 0.5
+# As a user trains with it: peak learning rate 0.01, lengths in steps of that run.
+WARMUP_COSINE = optax.warmup_cosine_decay_schedule(0.0, 0.01, 100, 1000)
+
+
+def _adam_direction(g):
+    return g / (jnp.abs(g) + EPS)
+
+
+SCHEDULE_TABLE = {
+    "adamw+warmup_cosine": (
+        lambda lr: optax.adamw(lr, B1, B2, EPS, weight_decay=DECAY),
+        lambda: dl.OptaxSchedule(WARMUP_COSINE, reference_step=0.01, num_steps=1000),
+        lambda s, theta, g: -s * (_adam_direction(g) + DECAY * theta),
+    ),
+    "sgd+momentum+cosine": (
+        lambda lr: optax.sgd(lr, momentum=BETA),
+        lambda: dl.OptaxSchedule(optax.cosine_decay_schedule(0.01, 1000), 0.01, 1000),
+        lambda s, theta, g: -s * g / (1 - BETA),
+    ),
+    "adam+exponential_decay": (
+        lambda lr: optax.adam(lr, B1, B2, EPS),
+        lambda: dl.OptaxSchedule(optax.exponential_decay(0.01, 100, 0.5), 0.01, 1000),
+        lambda s, theta, g: -s * _adam_direction(g),
+    ),
+    "sgd+driftlab_warmup_cosine": (
+        lambda lr: optax.sgd(lr),
+        lambda: dl.WarmupCosineSchedule(warmup=1.0, horizon=10.0),
+        lambda s, theta, g: -s * g,
+    ),
+    "piecewise_constant": (
+        lambda lr: optax.sgd(lr),
+        lambda: dl.OptaxSchedule(optax.piecewise_constant_schedule(0.01, {100: 0.1}), 0.01, 1000),
+        r"piecewise_constant_schedule jumps",
+    ),
+    "exponential_decay (staircase)": (
+        lambda lr: optax.sgd(lr),
+        lambda: dl.OptaxSchedule(
+            optax.exponential_decay(0.01, 100, 0.5, staircase=True), 0.01, 1000
+        ),
+        r"`schedule` jumps at step 100 \(tau = 1\)",
+    ),
+}
+
+
+def _schedule_rows() -> dict[str, bool]:
+    page = pathlib.Path(__file__).resolve().parents[1] / "docs" / "optax.md"
+    rows = re.findall(r"^\| `([^`]+)` \| `[^`]*` \| `[^`]*` \| (yes|no) \|", page.read_text(), re.M)
+    return {name: status == "yes" for name, status in rows}
+
+
+def test_the_docs_schedule_table_is_the_tested_table():
+    assert _schedule_rows() == {name: callable(row[2]) for name, row in SCHEDULE_TABLE.items()}
+
+
+@pytest.mark.parametrize("name", SCHEDULE_TABLE)
+def test_schedule_table_row(name):
+    make_optimiser, make_schedule, expected = SCHEDULE_TABLE[name]
+    problem = helpers.small_quadratic(4)
+    data = dict(problem.data, b=jnp.array([0.3, -0.2, 0.5, 0.4]))
+    if not callable(expected):
+        with pytest.raises(dl.InputError, match=expected):
+            make_schedule()
+        return
+    schedule = make_schedule()
+    step = dl.Scheduled(dl.OptaxStepMap(problem.loss, make_optimiser), schedule)
+    t = 3.0  # between the kinks of the warmup rows (1 and 10)
+    (f0,) = dl.ModifiedFlow(step, 0.001, 0).coefficients(problem.params, data, t=t)
+    g = jax.grad(problem.loss)(problem.params, data)
+    assert helpers.relative_error(f0, expected(schedule(t), problem.params, g)) < 1e-12
+
+
+def test_optax_schedule_in_time_reproduces_the_optax_run():
+    """At h = reference_step the scheduled map is the optax run, step for step."""
+    problem = helpers.small_quadratic(4)
+    schedule = dl.OptaxSchedule(WARMUP_COSINE, reference_step=0.01, num_steps=1000)
+    assert schedule.kinks == pytest.approx((1.0, 10.0))
+    step = dl.Scheduled(dl.OptaxStepMap(problem.loss, lambda lr: optax.adamw(lr)), schedule)
+    ys = dl.iterate(step, step.init(problem.params), 0.01, 150, problem.data)
+    optimiser = optax.adamw(WARMUP_COSINE)
+    params, state = problem.params, optimiser.init(problem.params)
+    for _ in range(150):
+        grad = jax.grad(problem.loss)(params, problem.data)
+        updates, state = optimiser.update(grad, state, params)
+        params = optax.apply_updates(params, updates)
+    # optax evaluates its cosine at the int32 count in float32: rates agree to ~1e-7.
+    np.testing.assert_allclose(ys.state.params[-1], params, rtol=1e-6)
+    np.testing.assert_allclose(ys.tau[-1], 1.5, rtol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda: dl.PolynomialSchedule((1.0, -1.0)), r"sigma\(1\.0\d*\) = -"),
+        (lambda: dl.FunctionSchedule(lambda t: jnp.log(t)), r"sigma\(0\) = -inf"),
+        (lambda: dl.WarmupCosineSchedule(warmup=2.0, horizon=1.0), "must be later"),
+        (lambda: dl.CosineSchedule(horizon=float("nan")), "finite positive time"),
+    ],
+)
+def test_bad_schedules_are_one_line_errors(make, match):
+    problem = helpers.small_quadratic(2)
+    with pytest.raises(dl.InputError, match=match) as info:
+        dl.Scheduled(dl.GradientDescent(problem.loss), make())
+    assert "\n" not in str(info.value)
+
+
+def test_kinks_warn_and_refuse_points_on_them():
+    problem = helpers.small_quadratic(2)
+    step = dl.Scheduled(dl.GradientDescent(problem.loss), dl.WarmupCosineSchedule(0.5, 2.0))
+    flow = dl.ModifiedFlow(step, 0.1, 1)
+    with pytest.warns(dl.StabilityWarning, match=r"kink at tau = 0\.5"):
+        dl.global_error(step, flow, step.init(problem.params), 0.1, 1.0, problem.data)
+    with pytest.raises(dl.InputError, match=r"exactly on the schedule's kink at tau = 0\.5"):
+        dl.local_error(step, flow, dl.ScheduledState(problem.params, 0.5), 0.1, problem.data)
+
+
+KINKED = dl.WarmupCosineSchedule(warmup=0.3, horizon=3.0, init=0.2)
+HS = [0.04, 0.02, 0.01, 0.005]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("order", [0, 1, 2])
+def test_local_order_away_from_kinks_global_order_capped_across(order):
+    """Away from the warmup's kink: local p + 2; across it: global min(p + 1, 2), with the
+    crossing named once in the estimate's remarks."""
+    problem = helpers.small_quadratic(3)
+    step = dl.Scheduled(dl.GradientDescent(problem.loss), KINKED)
+    make_flow = lambda h: dl.ModifiedFlow(step, h, order)
+    away = dl.ScheduledState(problem.params, 1.0)
+    dlt.assert_order(step, make_flow, away, args=problem.data, hs=HS)
+    start = dl.ScheduledState(problem.params, 0.0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        estimate = dl.order_of_accuracy(
+            step,
+            make_flow,
+            start,
+            HS,
+            "global",
+            problem.data,
+            t_end=1.0,
+            expected=min(order + 1, 2),
+        )
+    kink_warnings = [w for w in caught if "kink" in str(w.message)]
+    assert len(kink_warnings) == 1
+    assert any("tau = 0.3" in remark for remark in estimate.remarks)
+    assert estimate.agrees(0.3), str(estimate)

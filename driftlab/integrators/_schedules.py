@@ -122,7 +122,7 @@ class CosineSchedule(AbstractSchedule):
     horizon: float
     peak: float = 1.0
     final: float = 0.0
-    kinks: tuple[float, ...] = eqx.field(init=False)
+    kinks: tuple[float, ...]
 
     def __init__(self, horizon: float, peak: float = 1.0, final: float = 0.0):
         self.horizon = _time(horizon, "horizon")
@@ -151,7 +151,7 @@ class WarmupCosineSchedule(AbstractSchedule):
     peak: float = 1.0
     init: float = 0.0
     final: float = 0.0
-    kinks: tuple[float, ...] = eqx.field(init=False)
+    kinks: tuple[float, ...]
 
     def __init__(self, warmup, horizon, peak=1.0, init=0.0, final=0.0):
         self.warmup, self.horizon = _time(warmup, "warmup"), _time(horizon, "horizon")
@@ -198,16 +198,22 @@ class OptaxSchedule(AbstractSchedule):
 
     $$\sigma(\tau) = \text{schedule}(\tau / h_r)\,/\,h_r,$$
 
-    so that `Scheduled(map, OptaxSchedule(schedule, h_r))` at $h = h_r$ is exactly
+    so that `Scheduled(map, OptaxSchedule(schedule, h_r, n))` at $h = h_r$ is exactly
     the run the schedule was written for, and at other $h$ the same recipe with the
     same lengths in time (the rate of step $n$ is $(h/h_r)\,\text{schedule}(n h/h_r)$).
     The schedule is evaluated at a float count.
 
-    Its kinks (where the schedule's slope jumps: the end of a warmup, a decay that
-    ends) are found by probing its derivative on both sides of every integer count up
-    to `num_steps`, and a schedule that jumps (`optax.piecewise_constant_schedule`,
+    Its kinks (where the schedule's slope or second derivative jumps: the end of a
+    warmup, a cosine that ends) are found by probing its derivatives on both sides of
+    every integer count up to `num_steps` (optax's boundaries are integer counts), and a schedule that jumps (`optax.piecewise_constant_schedule`,
     a staircase `exponential_decay`) is refused: it has no modified flow across the
     jump.
+
+    !!! warning
+        optax's cosine decays raise their cosine to `exponent` and so have NaN
+        derivatives once they have ended (0 ** 1.0 under AD): their flows are NaN past
+        the end, which counts as a kink here. Measure up to it, or use
+        `driftlab.WarmupCosineSchedule`, which is constant (and smooth) beyond.
 
     **Arguments:** `schedule` (a callable of the step count, as optax takes);
     `reference_step` $h_r$; `num_steps`, the length of the run in steps at $h_r$.
@@ -218,7 +224,7 @@ class OptaxSchedule(AbstractSchedule):
     schedule: Callable
     reference_step: float
     num_steps: int = eqx.field(static=True)
-    kinks: tuple[float, ...] = eqx.field(init=False)
+    kinks: tuple[float, ...]
 
     def __init__(self, schedule: Callable, reference_step: float, num_steps: int):
         if not callable(schedule):
@@ -253,26 +259,41 @@ def _probe_kinks(schedule, num_steps: int, reference_step: float) -> tuple[float
     """Times `k h_r` where `schedule` jumps (raise) or its slope jumps (return them)."""
     counts = np.arange(num_steps + 2, dtype=np.float64)
     value = jax.vmap(lambda c: jnp.asarray(schedule(c), jnp.float64))
-    slope = jax.vmap(jax.grad(lambda c: jnp.asarray(schedule(c), jnp.float64)))
+    first = jax.grad(lambda c: jnp.asarray(schedule(c), jnp.float64))
+    slope, curvature = jax.vmap(first), jax.vmap(jax.grad(first))
     try:
         left, right = np.asarray(value(counts - _PROBE)), np.asarray(value(counts + _PROBE))
         slope_left = np.asarray(slope(counts - _PROBE))
         slope_right = np.asarray(slope(counts + _PROBE))
+        curvature_left = np.asarray(curvature(counts - _PROBE))
+        curvature_right = np.asarray(curvature(counts + _PROBE))
     except (jax.errors.ConcretizationTypeError, TypeError) as error:
         raise InputError(
             "`schedule` cannot be evaluated at a float step count under JAX "
             f"({type(error).__name__}); write it with jnp and no Python branches on the count."
         ) from None
     scale = max(float(np.max(np.abs(left))), float(np.max(np.abs(right))), 1e-300)
-    jumps = np.abs(right - left) > 1e-6 * scale + 4 * _PROBE * np.abs(slope_right)
+    # Continuous: the two sides differ by at most the slopes times the probe's width.
+    slopes = np.maximum(np.abs(slope_left), np.abs(slope_right))
+    jumps = np.abs(right - left) > 1e-6 * scale + 4 * _PROBE * slopes
     if jumps.any():
         count = int(counts[np.flatnonzero(jumps)[0]])
         raise InputError(
             f"`schedule` jumps at step {count} (tau = {count * reference_step:g}): a jump has no "
             "modified flow across it; use a schedule that is continuous in the step count."
         )
-    slope_scale = max(float(np.max(np.abs(slope_left))), 1e-300 * scale)
-    kinked = np.abs(slope_right - slope_left) > 1e-2 * slope_scale
+    # A kink: the slope or the second derivative jumps (a cosine that ends has zero slope
+    # on both sides), by more than 1% of its largest value on the run.
+    # A derivative that is finite on one side only also ends a smooth piece (optax's
+    # cosine raises 0 to its `exponent` once it has ended: NaN derivatives beyond).
+    kinked = np.zeros(counts.shape, dtype=bool)
+    for below, above in ((slope_left, slope_right), (curvature_left, curvature_right)):
+        finite = np.isfinite(below) & np.isfinite(above)
+        size = max(float(np.max(np.abs(below[finite]), initial=0.0)), 1e-300)
+        size = max(size, float(np.max(np.abs(above[finite]), initial=0.0)))
+        with np.errstate(invalid="ignore"):
+            kinked |= finite & (np.abs(above - below) > max(1e-2 * size, 1e-14 * scale))
+        kinked |= np.isfinite(below) != np.isfinite(above)
     return tuple(float(c * reference_step) for c in counts[kinked] if c > 0)
 
 
