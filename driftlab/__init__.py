@@ -24,6 +24,8 @@ from ._errors import (
     StabilityWarning as StabilityWarning,
 )
 from .analysis import (
+    boundary_layer as boundary_layer,
+    BoundaryLayer as BoundaryLayer,
     drift as drift,
     global_error as global_error,
     GradientStructure as GradientStructure,
@@ -65,6 +67,7 @@ from .integrators import (
     AbstractSchedule as AbstractSchedule,
     AbstractStepMap as AbstractStepMap,
     Adam as Adam,
+    AdamODE as AdamODE,
     AlternatingGD as AlternatingGD,
     CosineSchedule as CosineSchedule,
     ExplicitEuler as ExplicitEuler,

@@ -27,6 +27,8 @@ from ._random import (
 )
 from ._schedules import (
     AbstractSchedule as AbstractSchedule,
+    AdamODE as AdamODE,
+    AdamODEState as AdamODEState,
     CosineSchedule as CosineSchedule,
     ExponentialSchedule as ExponentialSchedule,
     FunctionSchedule as FunctionSchedule,

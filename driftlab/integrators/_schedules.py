@@ -205,7 +205,8 @@ class OptaxSchedule(AbstractSchedule):
 
     Its kinks (where the schedule's slope or second derivative jumps: the end of a
     warmup, a cosine that ends) are found by probing its derivatives on both sides of
-    every integer count up to `num_steps` (optax's boundaries are integer counts), and a schedule that jumps (`optax.piecewise_constant_schedule`,
+    every integer count up to `num_steps` (optax's boundaries are integer counts),
+    and a schedule that jumps (`optax.piecewise_constant_schedule`,
     a staircase `exponential_decay`) is refused: it has no modified flow across the
     jump.
 
@@ -459,3 +460,136 @@ def check_kinks(step: AbstractStepMap, start: float, end: float) -> None:
     crossed = kinks_between(step, start, end)
     if crossed:
         warn_at_caller(kink_message(crossed) + ".", StabilityWarning)
+
+
+#: Below this |x|, log1p(x)/x is summed as its series (exact Taylor coefficients at x = 0).
+_SERIES_BELOW = 1e-2
+_SERIES_TERMS = 12
+
+
+def _log1p_ratio(x):
+    r"""$\log(1 + x)/x$, analytic at $x = 0$ (its series there), so that jet expands it."""
+    near = jnp.where(jnp.abs(x) < _SERIES_BELOW, x, 0.0)
+    series = sum((-near) ** k / (k + 1) for k in range(_SERIES_TERMS))
+    far = jnp.where(jnp.abs(x) < _SERIES_BELOW, 1.0, x)
+    return jnp.where(jnp.abs(x) < _SERIES_BELOW, series, jnp.log1p(far) / far)
+
+
+def bias_correction(rate, tau, h):
+    r"""$1 - (1 - c h)^{\tau/h}$, written $1 - \exp(\tau \cdot \log(1 - ch)/h)$: smooth in $h$
+    at fixed $\tau$, with limit $1 - e^{-c\tau}$ as $h \to 0$."""
+    return -jnp.expm1(-rate * tau * _log1p_ratio(-rate * h))
+
+
+class AdamODEState(eqx.Module):
+    r"""State of `AdamODE`: parameters, first and second moments, and the time $\tau = n h$."""
+
+    params: Y
+    mu: Y
+    nu: Y
+    tau: Float[Array, ""] = eqx.field(converter=lambda t: _as_time(t))
+
+
+class AdamODE(AbstractStepMap):
+    r"""Adam in the ODE scaling $1 - \beta_i = c_i h$, bias correction included, from step 0.
+
+    $$m' = m + c_1 h\,(g - m), \quad v' = v + c_2 h\,(g^2 - v), \quad
+    \theta' = \theta - h\,\sigma(\tau)\,\frac{\hat m}{\sqrt{\hat v} + \epsilon}
+    \ \big(- h\,\sigma(\tau)\,\lambda\theta\big), \quad \tau' = \tau + h,$$
+
+    with $\hat m = m'/(1 - (1 - c_1 h)^{(\tau + h)/h})$ and likewise $\hat v$: at
+    $\tau = n h$ this is optax's Adam (AdamW with `weight_decay` $\lambda$) with
+    $b_i = 1 - c_i h$ and its bias correction at step $n + 1$. As $h \to 0$ at fixed
+    $c_i$, the correction tends to $1 - e^{-c_i \tau}$, smooth in $\tau$, and the moments
+    are ODE states (Barakat & Bianchi 2021; Malladi et al. 2022): the map tends to
+    the identity on $(\theta, m, v, \tau)$, so `driftlab.ModifiedFlow` gives its modified
+    flow of any order on $(\theta, m, v)$ at $t = \tau$. The **parameters** of this map,
+    as the flow and the measurements see them, are the triple `(params, mu, nu)`;
+    `init((params, mu, nu))` starts at $\tau = 0$.
+
+    The flow's field divides $m$ by $1 - e^{-c_1\tau}$: it is singular at $\tau = 0$
+    (where $m = 0$ too; $\hat m \to g$), a regular singular point, and its coefficient
+    $f_k$ grows like $\tau^{-k}$ there. The modified series is uniform only on
+    $\tau \ge \tau_0 > 0$; see the docs' concepts page for the orders measured from
+    step 0.
+
+    **Arguments:** `loss`; `c1`, `c2` (the moments' rates, $c_i = (1 - b_i)/h$);
+    `eps` (outside the root, as optax); `weight_decay` (default 0); `schedule`
+    (default constant 1).
+
+    ??? cite "References"
+        ```bibtex
+        @article{barakat2021convergence,
+          title={Convergence and Dynamical Behavior of the ADAM Algorithm for
+                 Nonconvex Stochastic Optimization},
+          author={Barakat, Anas and Bianchi, Pascal},
+          journal={SIAM Journal on Optimization},
+          volume={31},
+          number={1},
+          pages={244--274},
+          year={2021}
+        }
+        @inproceedings{malladi2022sdes,
+          title={On the SDEs and Scaling Rules for Adaptive Gradient Algorithms},
+          author={Malladi, Sadhika and Lyu, Kaifeng and Panigrahi, Abhishek and Arora, Sanjeev},
+          booktitle={Advances in Neural Information Processing Systems},
+          year={2022}
+        }
+        ```
+    """
+
+    loss: Callable[[Y, Args], Float[Array, ""]]
+    c1: float = eqx.field(converter=float, default=10.0)
+    c2: float = eqx.field(converter=float, default=1.0)
+    eps: float = eqx.field(converter=float, default=1e-8)
+    weight_decay: float = eqx.field(converter=float, default=0.0)
+    schedule: AbstractSchedule = eqx.field(default_factory=lambda: PolynomialSchedule((1.0,)))
+
+    def __check_init__(self):
+        for name in ("c1", "c2"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise InputError(
+                    f"`{name}` must be a positive rate (1 - b = {name} * h), got {value}."
+                )
+        if not (math.isfinite(self.eps) and self.eps >= 0):
+            raise InputError(f"`eps` must be finite and non-negative, got {self.eps}.")
+        check_schedule_values(self.schedule)
+
+    def __call__(self, y: AdamODEState, h: RealScalarLike, args: Args) -> AdamODEState:
+        grad = jax.grad(self.loss)(y.params, args)
+        mu = jax.tree.map(lambda m, g: m + self.c1 * h * (g - m), y.mu, grad)
+        nu = jax.tree.map(lambda v, g: v + self.c2 * h * (g**2 - v), y.nu, grad)
+        tau = y.tau + h
+        k1, k2 = bias_correction(self.c1, tau, h), bias_correction(self.c2, tau, h)
+        rate = h * self.schedule(y.tau)
+        params = jax.tree.map(
+            lambda p, m, v: (
+                p - rate * ((m / k1) / (jnp.sqrt(v / k2) + self.eps) + self.weight_decay * p)
+            ),
+            y.params,
+            mu,
+            nu,
+        )
+        return AdamODEState(params, mu, nu, tau)
+
+    def init(self, params, args: Args = None) -> AdamODEState:
+        del args
+        theta, mu, nu = params
+        return AdamODEState(theta, mu, nu, jnp.zeros((), jnp.float64))
+
+    def parameters(self, y: AdamODEState):
+        return (y.params, y.mu, y.nu)
+
+    def with_parameters(self, y: AdamODEState, params) -> AdamODEState:
+        theta, mu, nu = params
+        return AdamODEState(theta, mu, nu, y.tau)
+
+    def time(self, y: AdamODEState) -> Float[Array, ""]:
+        return y.tau
+
+    def with_time(self, y: AdamODEState, tau: RealScalarLike) -> AdamODEState:
+        return AdamODEState(y.params, y.mu, y.nu, tau)
+
+    def kinks(self) -> tuple[float, ...]:
+        return self.schedule.kinks
