@@ -306,7 +306,8 @@ def test_kinks_warn_and_refuse_points_on_them():
         dl.local_error(step, flow, dl.ScheduledState(problem.params, 0.5), 0.1, problem.data)
 
 
-KINKED = dl.WarmupCosineSchedule(warmup=0.3, horizon=3.0, init=0.2)
+# The kink falls inside a step for every h of the grid (not on a step boundary).
+KINKED = dl.WarmupCosineSchedule(warmup=0.3137, horizon=3.0, init=0.2)
 HS = [0.04, 0.02, 0.01, 0.005]
 
 
@@ -314,12 +315,13 @@ HS = [0.04, 0.02, 0.01, 0.005]
 @pytest.mark.parametrize("order", [0, 1, 2])
 def test_local_order_away_from_kinks_global_order_capped_across(order):
     """Away from the warmup's kink: local p + 2; across it: global min(p + 1, 2), with the
-    crossing named once in the estimate's remarks."""
+    crossing named once in the estimate's remarks. (Measured: global 1.02, 1.87, 1.83 for
+    p = 0, 1, 2; local 2.00, 3.01, 4.01 at tau = 1.)"""
     problem = helpers.small_quadratic(3)
     step = dl.Scheduled(dl.GradientDescent(problem.loss), KINKED)
     make_flow = lambda h: dl.ModifiedFlow(step, h, order)
     away = dl.ScheduledState(problem.params, 1.0)
-    dlt.assert_order(step, make_flow, away, args=problem.data, hs=HS)
+    dlt.assert_order(step, make_flow, away, args=problem.data, hs=[0.16, 0.08, 0.04, 0.02])
     start = dl.ScheduledState(problem.params, 0.0)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -335,5 +337,5 @@ def test_local_order_away_from_kinks_global_order_capped_across(order):
         )
     kink_warnings = [w for w in caught if "kink" in str(w.message)]
     assert len(kink_warnings) == 1
-    assert any("tau = 0.3" in remark for remark in estimate.remarks)
+    assert any("tau = 0.3137" in remark for remark in estimate.remarks)
     assert estimate.agrees(0.3), str(estimate)
