@@ -237,7 +237,7 @@ MUTANTS = [
     ),
     Mutant(
         "benchmark-global-errors",
-        "benchmarks/flow_error.py",
+        "driftlab/suites/flow_error/_runs.py",
         "result = dl.global_error(step, flow, y0, h, t_end, args, **options)",
         "result = dl.global_error(step, flow, y0, h, -t_end, args, **options)",
         (

@@ -16,7 +16,7 @@ import sys
 import numpy as np
 
 from driftlab._io import machine_info, write_json_atomic
-from driftlab._weak_cli import run_weak
+from driftlab.cli._weak import run_weak
 
 from ._common import command_line, markdown_table, Progress, RESULTS_DIR, write_text_atomic
 

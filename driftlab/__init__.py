@@ -35,6 +35,7 @@ from .analysis import (
     local_error as local_error,
     order_of_accuracy as order_of_accuracy,
     OrderEstimate as OrderEstimate,
+    scaling_rule_error as scaling_rule_error,
     stability_index as stability_index,
     weak_error as weak_error,
     weak_order_of_accuracy as weak_order_of_accuracy,

@@ -79,3 +79,8 @@ def machine_info() -> dict:
         "load_average": list(os.getloadavg()),
         "devices": [str(device) for device in jax.devices()],
     }
+
+
+#: Where the `driftlab` commands and the suites write their results unless told otherwise
+#: (relative to the working directory, so an installed package never writes inside itself).
+DEFAULT_OUTPUT = "driftlab-results"

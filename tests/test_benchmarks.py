@@ -9,7 +9,8 @@ import math
 import pytest
 
 import driftlab as dl
-from benchmarks import flow_error, performance
+from benchmarks import performance
+from driftlab.suites import flow_error
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,8 @@ import pytest
 from jax.flatten_util import ravel_pytree
 
 import driftlab as dl
-from benchmarks import eos
 from driftlab.cli import build_parser
+from driftlab.suites import eos
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +34,7 @@ def test_smoke_writes_json_markdown_and_figures(smoke):
 @pytest.mark.slow
 def test_smoke_records_are_consistent(smoke):
     _, result = smoke
-    (case,) = eos._presets()["smoke"]
+    (case,) = eos.presets()["smoke"]
     gd_only, windowed = result["runs"]
     ((h, num_steps),) = case.gd_only
     assert [gd_only["h"], windowed["h"]] == [h, *case.hs]
@@ -55,7 +55,7 @@ def test_smoke_records_are_consistent(smoke):
 @pytest.mark.slow
 def test_initial_sharpness_is_the_dense_top_eigenvalue(smoke):
     _, result = smoke
-    (case,) = eos._presets()["smoke"]
+    (case,) = eos.presets()["smoke"]
     problem = case.make_problem()
     flat, unravel = ravel_pytree(problem.params)
     hessian = jax.hessian(lambda x: problem.loss(unravel(x), problem.data))(flat)

@@ -8,7 +8,8 @@ import pytest
 import scipy.linalg
 
 import driftlab as dl
-from benchmarks import _flow_cases, flow_error
+from driftlab.suites import flow_error
+from driftlab.suites.flow_error import _cases as _flow_cases
 
 
 def _direct(problem, order, h, num_steps):

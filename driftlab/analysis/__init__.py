@@ -17,6 +17,13 @@ from ._order import (
     order_of_accuracy as order_of_accuracy,
     OrderEstimate as OrderEstimate,
 )
+from ._scaling import (
+    AbstractScalingRule as AbstractScalingRule,
+    LinearScalingRule as LinearScalingRule,
+    scaling_rule_error as scaling_rule_error,
+    ScalingRuleCheck as ScalingRuleCheck,
+    SquareRootScalingRule as SquareRootScalingRule,
+)
 from ._spectra import (
     hessian_eigenpairs as hessian_eigenpairs,
     HessianSpectrum as HessianSpectrum,

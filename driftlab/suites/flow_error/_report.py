@@ -6,8 +6,8 @@ import numpy as np
 
 import driftlab as dl
 
-from ._common import fmt, markdown_table
-from ._flow_cases import FIT_MAX, GLOBAL_FIT_MAX, TRACKING_TOLERANCE
+from .._output import fmt, markdown_table
+from ._cases import FIT_MAX, GLOBAL_FIT_MAX, TRACKING_TOLERANCE
 
 
 def write_figures(cases, output: str, tracked=None) -> list[str]:

@@ -5,9 +5,18 @@ import sys
 
 import jax.random as jr
 
-from . import _registry
-from ._errors import InputError
-from ._io import machine_info, write_json_atomic
+from .. import _registry
+from .._errors import InputError
+from .._io import machine_info, write_json_atomic
+from ._common import (
+    _checked,
+    _grid_size,
+    _nonnegative_int,
+    _positive,
+    _progress,
+    _step_grid,
+    DEFAULT_OUTPUT,
+)
 
 
 def run_weak(
@@ -31,10 +40,9 @@ def run_weak(
     (per-example noise). **Returns:** `(estimates, setting)`, the list of
     `WeakOrderEstimate`s and a dict describing the run.
     """
-    from .analysis import weak_order_of_accuracy
-    from .cli import _progress
-    from .flows import StochasticModifiedEquation
-    from .integrators import RandomBatchSGD
+    from ..analysis import weak_order_of_accuracy
+    from ..flows import StochasticModifiedEquation
+    from ..integrators import RandomBatchSGD
 
     make_problem = _registry.lookup(_registry.PROBLEMS, "problem", problem_name)
     problem = make_problem(seed=seed, **(problem_kwargs or {}))
@@ -84,8 +92,6 @@ def run_weak(
 
 
 def weak(args):
-    from .cli import _step_grid
-
     hs = _step_grid(args.h_min, args.h_max, args.num)
     estimates, setting = run_weak(
         args.problem,
@@ -110,8 +116,6 @@ def weak(args):
 
 def register(commands) -> None:
     """Add the `weak` subcommand to the `driftlab` parser's subcommands."""
-    from .cli import _checked, _grid_size, _nonnegative_int, _positive
-
     order_type = _checked(int, lambda k: k in (1, 2), "1 or 2")
     count = _checked(int, lambda n: n >= 1, ">= 1")
     parser = commands.add_parser("weak", help="Weak order of the SGD's SMEs (Monte Carlo).")
@@ -136,6 +140,6 @@ def register(commands) -> None:
     parser.add_argument("--samples", type=count, default=20000, help="SGD runs per step size")
     parser.add_argument("--sde-samples", type=count, default=1000, help="SME paths per step size")
     parser.add_argument("--seed", type=_nonnegative_int, default=0, help="PRNG seed")
-    parser.add_argument("--output", default="driftlab-results", help="directory for STEM.json")
+    parser.add_argument("--output", default=DEFAULT_OUTPUT, help="directory for STEM.json")
     parser.add_argument("--stem", default="weak", help="file name of the results")
     parser.set_defaults(func=weak)

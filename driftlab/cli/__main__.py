@@ -1,0 +1,8 @@
+"""`python -m driftlab.cli`: the `driftlab` command."""
+
+import sys
+
+from . import main
+
+
+sys.exit(main())
