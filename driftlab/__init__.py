@@ -77,6 +77,7 @@ from .integrators import (
     GradientDescent as GradientDescent,
     HeavyBall as HeavyBall,
     iterate as iterate,
+    KinkWarning as KinkWarning,
     Nesterov as Nesterov,
     OptaxSchedule as OptaxSchedule,
     OptaxStepMap as OptaxStepMap,

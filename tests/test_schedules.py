@@ -1,5 +1,6 @@
 """Learning-rate schedules in continuous time: `Scheduled` maps and their modified flows."""
 
+import json
 import pathlib
 import re
 import warnings
@@ -300,7 +301,7 @@ def test_kinks_warn_and_refuse_points_on_them():
     problem = helpers.small_quadratic(2)
     step = dl.Scheduled(dl.GradientDescent(problem.loss), dl.WarmupCosineSchedule(0.5, 2.0))
     flow = dl.ModifiedFlow(step, 0.1, 1)
-    with pytest.warns(dl.StabilityWarning, match=r"kink at tau = 0\.5"):
+    with pytest.warns(dl.KinkWarning, match=r"kink at tau = 0\.5"):
         dl.global_error(step, flow, step.init(problem.params), 0.1, 1.0, problem.data)
     with pytest.raises(dl.InputError, match=r"exactly on the schedule's kink at tau = 0\.5"):
         dl.local_error(step, flow, dl.ScheduledState(problem.params, 0.5), 0.1, problem.data)
@@ -338,4 +339,61 @@ def test_local_order_away_from_kinks_global_order_capped_across(order):
     kink_warnings = [w for w in caught if "kink" in str(w.message)]
     assert len(kink_warnings) == 1
     assert any("tau = 0.3137" in remark for remark in estimate.remarks)
+    assert estimate.expected == min(order + 1, 2)  # capped by the crossing
     assert estimate.agrees(0.3), str(estimate)
+
+
+@pytest.mark.parametrize(
+    "argv, match",
+    [
+        (["--schedule", "warmup-cosine", "--horizon", "2.0"], "needs `--warmup`"),
+        (["--schedule", "cosine"], "needs `--horizon`"),
+        (["--warmup", "0.1"], "`--warmup` needs `--schedule`"),
+        (
+            ["--schedule", "cosine", "--horizon", "1.0", "--flow", "gradient"],
+            "only `--flow modified`",
+        ),
+        (["--schedule", "warmup-cosine", "--warmup", "3", "--horizon", "2"], "must be later"),
+    ],
+)
+def test_cli_schedule_bad_values_are_one_line(argv, match, capsys):
+    from driftlab.cli import main
+
+    flow = [] if "--flow" in argv else ["--flow", "modified"]
+    assert main(["order", "--problem", "quadratic", *flow, *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and re.search(match, err), err
+
+
+@pytest.mark.slow
+def test_cli_order_with_a_schedule(tmp_path, capsys):
+    from driftlab.cli import main
+
+    argv = [
+        "order",
+        "--problem",
+        "quadratic",
+        "--flow",
+        "modified",
+        "--schedule",
+        "warmup-cosine",
+        "--warmup",
+        "0.1",
+        "--horizon",
+        "2.0",
+        "--start",
+        "0.5",
+        "--h-min",
+        "0.01",
+        "--h-max",
+        "0.08",
+        "--num",
+        "4",
+        "--output",
+        str(tmp_path),
+    ]
+    assert main(argv) == 0
+    result = json.loads((tmp_path / "order.json").read_text())
+    assert result["schedule"] == {"name": "warmup-cosine", "warmup": 0.1, "horizon": 2.0}
+    (estimate,) = result["estimates"]
+    assert abs(estimate["slope"] - 3) < 0.3  # order 1, local, away from the kink at 0.1

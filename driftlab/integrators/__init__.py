@@ -32,6 +32,7 @@ from ._schedules import (
     CosineSchedule as CosineSchedule,
     ExponentialSchedule as ExponentialSchedule,
     FunctionSchedule as FunctionSchedule,
+    KinkWarning as KinkWarning,
     OptaxSchedule as OptaxSchedule,
     PolynomialSchedule as PolynomialSchedule,
     Scheduled as Scheduled,

@@ -92,7 +92,7 @@ class AbstractStepMap(eqx.Module):
         r"""The times $\tau$ where a time-dependent map is not smooth in $\tau$ (none here).
 
         A linear warmup's end, a cosine that ends: the modified flow is piecewise
-        there, and measurements that cross one warn (`StabilityWarning`).
+        there, and measurements that cross one warn (`driftlab.KinkWarning`).
         """
         return ()
 

@@ -22,7 +22,7 @@ from equinox import AbstractVar
 from jaxtyping import Array, Float
 
 from .._custom_types import Args, RealScalarLike, Y
-from .._errors import InputError, StabilityWarning, warn_at_caller
+from .._errors import InputError, warn_at_caller
 from ._maps import AbstractStepMap
 
 
@@ -30,6 +30,10 @@ from ._maps import AbstractStepMap
 CHECK_POINTS = 1025
 #: Kinks closer than this (relative to the time scale) to a measurement's ends count as on them.
 KINK_TOLERANCE = 1e-9
+
+
+class KinkWarning(UserWarning):
+    """A measurement crosses a kink of a time-dependent map's schedule (the flow is piecewise)."""
 
 
 class AbstractSchedule(eqx.Module):
@@ -456,10 +460,10 @@ def kink_message(kinks: tuple[float, ...]) -> str:
 
 
 def check_kinks(step: AbstractStepMap, start: float, end: float) -> None:
-    """Refuse a measurement point on a kink; warn (`StabilityWarning`) when one is crossed."""
+    """Refuse a measurement point on a kink; warn (`KinkWarning`) when one is crossed."""
     crossed = kinks_between(step, start, end)
     if crossed:
-        warn_at_caller(kink_message(crossed) + ".", StabilityWarning)
+        warn_at_caller(kink_message(crossed) + ".", KinkWarning)
 
 
 #: Below this |x|, log1p(x)/x is summed as its series (exact Taylor coefficients at x = 0).
