@@ -519,7 +519,8 @@ class AdamODE(AbstractStepMap):
 
     **Arguments:** `loss`; `c1`, `c2` (the moments' rates, $c_i = (1 - b_i)/h$);
     `eps` (outside the root, as optax); `weight_decay` (default 0); `schedule`
-    (default constant 1).
+    (default constant 1); `eps_root` (inside the root, as optax's: keeps the map
+    smooth where a gradient entry vanishes identically).
 
     ??? cite "References"
         ```bibtex
@@ -548,6 +549,7 @@ class AdamODE(AbstractStepMap):
     eps: float = eqx.field(converter=float, default=1e-8)
     weight_decay: float = eqx.field(converter=float, default=0.0)
     schedule: AbstractSchedule = eqx.field(default_factory=lambda: PolynomialSchedule((1.0,)))
+    eps_root: float = eqx.field(converter=float, default=0.0)
 
     def __check_init__(self):
         for name in ("c1", "c2"):
@@ -568,14 +570,15 @@ class AdamODE(AbstractStepMap):
         k1, k2 = bias_correction(self.c1, tau, h), bias_correction(self.c2, tau, h)
         rate = h * self.schedule(y.tau)
         params = jax.tree.map(
-            lambda p, m, v: (
-                p - rate * ((m / k1) / (jnp.sqrt(v / k2) + self.eps) + self.weight_decay * p)
-            ),
+            lambda p, m, v: p - rate * ((m / k1) / self._root(v / k2) + self.weight_decay * p),
             y.params,
             mu,
             nu,
         )
         return AdamODEState(params, mu, nu, tau)
+
+    def _root(self, v_hat):
+        return jnp.sqrt(v_hat + self.eps_root) + self.eps
 
     def init(self, params, args: Args = None) -> AdamODEState:
         del args
