@@ -219,11 +219,15 @@ def register(commands) -> None:
         "--schedule",
         choices=SCHEDULES,
         help="a learning-rate schedule in continuous time tau = n h (step n uses the rate "
-        "h sigma(n h)); needs --flow modified",
+        "h sigma(n h)); needs --flow modified (default: none, a constant step)",
     )
-    parser.add_argument("--warmup", type=_positive, help="warmup length, a time (tau = n h)")
     parser.add_argument(
-        "--horizon", type=_positive, help="end of the cosine decay, a time (tau = n h)"
+        "--warmup", type=_positive, help="warmup length, a time tau = n h (default: none)"
+    )
+    parser.add_argument(
+        "--horizon",
+        type=_positive,
+        help="end of the cosine decay, a time tau = n h (default: none)",
     )
     parser.add_argument(
         "--start", type=_nonnegative_float, default=0.0, help="the time tau the map starts at"
