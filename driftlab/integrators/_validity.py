@@ -167,7 +167,7 @@ def measure_region(step: AbstractStepMap, state: Y, h: RealScalarLike, args: Arg
     layout = state_layout(step, state, step.parameters(state), args)
     flat = layout.ravel(state)
     # The clock of a time-dependent map (eigenvalue 1) is slow, like the parameters.
-    theta = np.union1d(layout.theta_index, layout.clock_index)
+    theta = np.concatenate([layout.theta_index, layout.clock_index])
     num_slow = theta.size
     # The parameter part of a state vector (complex allowed), and a parameter vector as a
     # state vector with zero auxiliary part: both are where the layout puts the parameters.
