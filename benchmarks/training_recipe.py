@@ -81,6 +81,7 @@ def measure(step, params, data, hs, order, kind, tau0, t_end):
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", default=RESULTS_DIR)
+    parser.add_argument("--stem", default="training_recipe", help="file name of the results")
     parser.add_argument("--problems", nargs="+", default=["mlp", "fc-digits"])
     parser.add_argument(
         "--cases",
@@ -118,7 +119,7 @@ def main(argv=None) -> int:
                     [problem_name, case_name, order, _slope(local), order + 2, _slope(glob)]
                     + [order + 1, _slope(across), min(order + 1, 2) if kinked else "-"]
                 )
-                _write(args.output, rerun, rows, results)
+                _write(os.path.join(args.output, args.stem), rerun, rows, results)
                 progress(f"{problem_name} {case_name} order {order}")
     print(_table(rows))
     return 0
@@ -138,7 +139,7 @@ def _table(rows) -> str:
     )
 
 
-def _write(output, rerun, rows, results) -> None:
+def _write(stem, rerun, rows, results) -> None:
     """Rewrite the JSON and Markdown after every row: a long run keeps what it measured."""
     header = (
         "# Training recipe: modified flows of scheduled and ODE-scaled optimisers\n\n"
@@ -147,10 +148,9 @@ def _write(output, rerun, rows, results) -> None:
         "3 step sizes per fit. Slopes are fitted on points above their floors only; "
         "'no fit' means fewer than 3 points were usable (see the JSON's errors).\n\n"
     )
-    write_text_atomic(header + _table(rows) + "\n", os.path.join(output, "training_recipe.md"))
+    write_text_atomic(header + _table(rows) + "\n", stem + ".md")
     write_json_atomic(
-        {"machine": machine_info(), "command": rerun, "results": results},
-        os.path.join(output, "training_recipe.json"),
+        {"machine": machine_info(), "command": rerun, "results": results}, stem + ".json"
     )
 
 
