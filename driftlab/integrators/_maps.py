@@ -489,8 +489,9 @@ class OptaxStepMap(_AbstractParamsInStateMap):
     line for: a non-smooth update (`sign` in `lion`, `max`/`abs` in `adamax`,
     an active `clip_by_global_norm`); an accumulator that does not decay
     (`adagrad`: eigenvalue 1, no slow manifold); a counter that reaches the
-    update other than through a decaying power (a learning-rate schedule: a
-    time-dependent step). The docs' optax page lists the common optimisers.
+    update other than through a decaying power (a learning-rate schedule in steps:
+    a time-dependent step; state it in time instead, with `driftlab.Scheduled` and
+    `driftlab.OptaxSchedule`). The docs' optax page lists the common optimisers.
     """
 
     loss: Loss
