@@ -264,6 +264,98 @@ MUTANTS = [
         ("tests/test_docs.py::test_code_blocks_run[docs/index.md]",),
         "IGR's modified loss with h/2, seen through the getting-started page",
     ),
+    # --- the newer modules (issue 28) ------------------------------------------------------
+    Mutant(
+        "central-velocity-half",
+        "driftlab/flows/_central.py",
+        "velocity=-(grad + 0.5 * rows.T @ x),",
+        "velocity=-(grad + rows.T @ x),",
+        ("tests/test_central_flow.py::test_sharpness_is_held_at_two_over_h",),
+        "the central flow's velocity with the whole third-derivative term, not its half",
+    ),
+    Mutant(
+        "sdcp-jacobian-sign",
+        "driftlab/flows/_sdcp.py",
+        "jacobian = jnp.eye(c.size, dtype=c.dtype) - _projection_jacobian(z, k) @ (",
+        "jacobian = jnp.eye(c.size, dtype=c.dtype) + _projection_jacobian(z, k) @ (",
+        (
+            "tests/test_central_flow.py::test_sdcp_matches_projected_gradient_on_random_instances",
+            "tests/test_central_flow.py::test_sdcp_closed_forms",
+        ),
+        "the SDCP Newton step with the projection's Jacobian of the wrong sign",
+    ),
+    Mutant(
+        "sme-noise-centring",
+        "driftlab/flows/_sme.py",
+        "weights = dw - jnp.mean(dw)",
+        "weights = dw",
+        ("tests/test_sme.py::test_noise_has_covariance_h_c_sigma",),
+        "the SME noise built from uncentred unit gradients",
+    ),
+    Mutant(
+        "weak-richardson-level",
+        "driftlab/analysis/_weak.py",
+        "fine = 2 * levels[:, 2] - levels[:, 1]",
+        "fine = 2 * levels[:, 2] - levels[:, 0]",
+        (
+            "tests/test_weak_error.py::test_extrapolated_mean_and_solver_error_match_the_closed_form",
+        ),
+        "the fine Richardson level across two levels with the one-level formula",
+    ),
+    Mutant(
+        "weak-solver-divisor",
+        "driftlab/analysis/_weak.py",
+        "2 * change_se) / 3)",
+        "2 * change_se) / 7)",
+        (
+            "tests/test_weak_error.py::test_extrapolated_mean_and_solver_error_match_the_closed_form",
+        ),
+        "the solver-error estimate divided by 2^3 - 1 instead of 2^2 - 1",
+    ),
+    Mutant(
+        "weak-stderr-samples",
+        "driftlab/analysis/_weak.py",
+        "sum() / flat.shape[0])",
+        "sum() / flat.shape[1])",
+        ("tests/test_weak_error.py::test_standard_error_is_that_of_the_mean_over_samples",),
+        "the standard error over the test function's size instead of the samples",
+    ),
+    Mutant(
+        "lanczos-second-pass",
+        "driftlab/_lanczos.py",
+        "    carry = jax.lax.fori_loop(0, filled, project_out, carry)",
+        "    carry = jax.lax.fori_loop(0, 0, project_out, carry)",
+        (
+            "tests/test_lanczos.py::test_orthogonalise_twice_is_enough_for_a_nearly_dependent_"
+            "vector",
+        ),
+        "one Gram-Schmidt pass instead of two",
+    ),
+    Mutant(
+        "optax-burned-in-count",
+        "driftlab/integrators/_layout.py",
+        "BURNED_IN_COUNT = 2**30",
+        "BURNED_IN_COUNT = 2**3",
+        ("tests/test_optax.py::test_bias_correction_leaves_no_term_in_the_series",),
+        "step counters held at 8 (bias corrections not yet 1) instead of burned in",
+    ),
+    Mutant(
+        "region-gap-sign",
+        "driftlab/integrators/_validity.py",
+        "separated = self.slow - self.fast > GAP_TOLERANCE",
+        "separated = self.fast - self.slow > GAP_TOLERANCE",
+        ("tests/test_validity_regions.py::test_heavy_ball_flow_region_is_the_closed_form",),
+        "the slow manifold said to exist where the fast modes dominate",
+    ),
+    Mutant(
+        "pytree-expansion-leading-term",
+        "driftlab/flows/_taylor.py",
+        "tree_add(coefficients[0], g0),",
+        "tree_add(g0, g0),",
+        ("tests/test_modified_flow.py::test_euler_on_y_squared",),
+        "the PyTree expansion's h-coefficient held at 2 G(y) instead of accumulated "
+        "(c_{j,1} = j G(y); equivalent below order 3, where two iterates suffice)",
+    ),
     Mutant(
         "gradient-flow-sign",
         "driftlab/flows/_gradient.py",

@@ -17,6 +17,7 @@ from . import (
     problems as problems,
 )
 from ._errors import (
+    CostWarning as CostWarning,
     DriftlabError as DriftlabError,
     InputError as InputError,
     MeasurementError as MeasurementError,
@@ -24,6 +25,7 @@ from ._errors import (
     StabilityWarning as StabilityWarning,
 )
 from .analysis import (
+    batch_sharpness as batch_sharpness,
     boundary_layer as boundary_layer,
     BoundaryLayer as BoundaryLayer,
     drift as drift,
@@ -44,7 +46,9 @@ from .analysis import (
 from .flows import (
     AbstractFlow as AbstractFlow,
     AbstractSeriesFlow as AbstractSeriesFlow,
+    AbstractStochasticModifiedEquation as AbstractStochasticModifiedEquation,
     AdamFlow as AdamFlow,
+    AdamSME as AdamSME,
     AlternatingGameFlow as AlternatingGameFlow,
     CentralFlow as CentralFlow,
     CorrectedField as CorrectedField,
@@ -55,9 +59,11 @@ from .flows import (
     igr_loss as igr_loss,
     IGRFlow as IGRFlow,
     ModifiedFlow as ModifiedFlow,
+    MomentumSME as MomentumSME,
     PrincipalFlow as PrincipalFlow,
     RMSPropCentralFlow as RMSPropCentralFlow,
     RMSPropFlow as RMSPropFlow,
+    RMSPropSME as RMSPropSME,
     sgd_loss as sgd_loss,
     SGDFlow as SGDFlow,
     SimultaneousGameFlow as SimultaneousGameFlow,
@@ -83,6 +89,7 @@ from .integrators import (
     OptaxStepMap as OptaxStepMap,
     OrderAveragedSGDEpoch as OrderAveragedSGDEpoch,
     PolynomialSchedule as PolynomialSchedule,
+    RandomBatch as RandomBatch,
     RandomBatchSGD as RandomBatchSGD,
     RMSProp as RMSProp,
     Scheduled as Scheduled,

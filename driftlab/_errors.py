@@ -39,6 +39,10 @@ class StabilityWarning(UserWarning):
     """A measurement runs where its premises fail, e.g. `h * lambda_max >= 2`."""
 
 
+class CostWarning(UserWarning):
+    """A measurement is set up to cost far more than an equivalent one would (a dense field)."""
+
+
 class RoundoffWarning(UserWarning):
     """Some points of a measurement sit at the round-off floor or solver tolerance."""
 
@@ -64,12 +68,15 @@ def warn_at_caller(message: str, category: type[Warning]) -> None:
     warnings.warn(message, category, stacklevel=level + 1)
 
 
-def check_float64_tree(tree, name: str, *, allow_integer: bool = False) -> None:
+def check_float64_tree(
+    tree, name: str, *, allow_integer: bool = False, allow_complex: bool = False
+) -> None:
     """Raise `InputError` unless every array leaf of `tree` is a finite float64 array.
 
     With `allow_integer`, integer leaves (step counts in optimiser state) pass
-    too. Leaves that are not arrays (a model's activation function, Python
-    flags) are static: carried, never checked or moved. Only checks concrete
+    too; with `allow_complex`, complex128 leaves (a flow's complex state). Leaves that
+    are not arrays (a model's activation function, Python flags) are static:
+    carried, never checked or moved. Only checks concrete
     values; under `jit` the dtype check still runs, the finiteness check is
     skipped (values are unknown at trace time).
     """
@@ -83,11 +90,12 @@ def check_float64_tree(tree, name: str, *, allow_integer: bool = False) -> None:
         dtype = jnp.result_type(leaf)
         if allow_integer and jnp.issubdtype(dtype, jnp.integer):
             continue
-        if dtype != jnp.float64:
+        if dtype != jnp.float64 and not (allow_complex and dtype == jnp.complex128):
             raise InputError(
                 f"`{name}` has a leaf of dtype {dtype}; driftlab needs float64 "
-                "(order-of-accuracy work is meaningless in float32). Convert with "
-                "`jax.tree_util.tree_map(lambda x: jnp.asarray(x, jnp.float64), ...)`."
+                "(order-of-accuracy work is meaningless in float32). Convert once with "
+                "`jax.tree_util.tree_map(lambda x: jnp.asarray(x, jnp.float64) if "
+                "eqx.is_array(x) else x, tree)` (a model keeps its activation functions)."
             )
         if not isinstance(leaf, jax.core.Tracer) and not np.all(np.isfinite(np.asarray(leaf))):
             raise InputError(f"`{name}` contains NaN or inf; pass finite values.")
@@ -102,6 +110,25 @@ def check_step_size(h, name: str = "h") -> float:
     if not math.isfinite(value) or value <= 0:
         raise InputError(f"`{name}` must be finite and positive, got {value}.")
     return value
+
+
+def check_factory(make, name: str, product: type, example: str) -> None:
+    """Raise `InputError` unless `make` is a function of the step size `h`.
+
+    A flow, an SDE or an optax transformation depends on `h`, so a sweep over
+    step sizes takes a function `h -> object` and builds one per `h`; passing the
+    object itself (built for one `h`) is the usual slip.
+    """
+    if isinstance(make, product):
+        raise InputError(
+            f"`{name}` must be a function of the step size `h`, got a "
+            f"{type(make).__name__} already built for one `h`; pass `{example}` instead."
+        )
+    if not callable(make):
+        raise InputError(
+            f"`{name}` must be a function of the step size `h`, got {type(make).__name__}; "
+            f"pass e.g. `{example}`."
+        )
 
 
 def check_same_structure(tree, reference, name: str, reference_name: str) -> None:

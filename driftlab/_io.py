@@ -8,6 +8,8 @@ import tempfile
 import jax
 import numpy as np
 
+from ._errors import InputError
+
 
 def _file_mode() -> int:
     # What `open` would give a new file: 0o666 minus the umask (0o644 under the usual 022).
@@ -36,6 +38,26 @@ def atomic_path(path: str, suffix: str):
     finally:
         if os.path.exists(temporary):
             os.remove(temporary)
+
+
+def checked_output_dir(path: str, name: str = "--output") -> str:
+    """Create the directory `path` if needed and check a file can be written there.
+
+    Called before a command computes anything, so that a bad location costs one
+    line (`InputError`) and not a whole run followed by a traceback.
+    """
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise InputError(f"`{name}` {path!r} is a file; name a directory for the results.")
+    try:
+        os.makedirs(path, exist_ok=True)
+        handle, probe = tempfile.mkstemp(dir=path, suffix=".probe")
+        os.close(handle)
+        os.remove(probe)
+    except OSError as error:
+        raise InputError(
+            f"`{name}` {path!r} cannot be written ({error.strerror}); name a writable directory."
+        ) from None
+    return path
 
 
 def write_json_atomic(data, path: str) -> str:

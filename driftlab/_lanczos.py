@@ -97,6 +97,12 @@ def _lanczos_run(hvp, start, max_iterations, tol, k, which):
     basis' coordinates (`basis.T @ vectors[:, i]` is Ritz vector `i`; forming only the
     wanted ones costs $O(n m k)$ instead of $O(n m^2)$).
     """
+    return _lanczos_scaled_run(hvp, start, max_iterations, tol, k, which)[:5]
+
+
+def _lanczos_scaled_run(hvp, start, max_iterations, tol, k, which, check_every=_CHECK_EVERY):
+    """`_lanczos_run` with the test every `check_every` steps; also returns the run's
+    operator scale (the largest `|alpha| + beta` seen), which the test is relative to."""
     n = start.size
     m = max_iterations
     dtype = start.dtype
@@ -119,15 +125,15 @@ def _lanczos_run(hvp, start, max_iterations, tol, k, which):
         values, vectors, beta_last = ritz(carry)
         index = _select(values, which, k)
         residual = jnp.abs(beta_last * vectors[size - 1, index])
-        return jnp.all(residual <= tol * jnp.maximum(jnp.abs(values[index]), 1e-3 * scale))
+        return _small(residual, values[index], scale, tol)
 
     def converged(carry):
         size, exhausted = carry[6], carry[8]
         if tol is None:
             return exhausted
         # The m x m eigensolve of the test costs more than a cheap product: test every
-        # `_CHECK_EVERY` steps only.
-        due = (size >= k) & (size % _CHECK_EVERY == 0)
+        # `check_every` steps only.
+        due = (size >= k) & (size % check_every == 0)
         return exhausted | jax.lax.cond(due, residuals_small, lambda _: False, carry)
 
     def cond(carry):
@@ -167,7 +173,12 @@ def _lanczos_run(hvp, start, max_iterations, tol, k, which):
     values, vectors, beta_last = ritz(carry)
     size = carry[6]
     residuals = jnp.abs(beta_last * vectors[jnp.maximum(size - 1, 0)])
-    return values, vectors, carry[0][:m], residuals, size
+    return values, vectors, carry[0][:m], residuals, size, carry[7]
+
+
+def _small(residuals, values, scale, tol):
+    """Whether every residual is within `tol` of its Ritz value (or of `1e-3 * scale`)."""
+    return jnp.all(residuals <= tol * jnp.maximum(jnp.abs(values), 1e-3 * scale))
 
 
 def eigsh(
@@ -213,6 +224,71 @@ def eigsh(
     )
     index = _select(values, which, k)
     return values[index], basis.T @ vectors[:, index], residuals[index], size
+
+
+def warm_eigsh(
+    hvp: Matvec,
+    start: Float[Array, " n"],
+    cold_start: Float[Array, " n"],
+    k: int,
+    *,
+    num_kept: int,
+    max_iterations: int,
+    cold_iterations: int,
+    tol: float = 1e-10,
+):
+    r"""The `k` largest eigenpairs of an operator near one already solved, on device.
+
+    Along a path of slowly changing operators (the Hessian along a flow), the top
+    eigenvectors at one point nearly span the top invariant subspace at the next. Lanczos
+    started from a combination of them, $s = \sum_i \pm y_i$, finds that subspace in
+    about `num_kept` products (exactly, if nothing moved: the Krylov space of $s$ is
+    then invariant) and then polishes it; the test of `eigsh`, run here at *every*
+    step, stops it once the `k` largest Ritz pairs have relative residual `tol`. The
+    Krylov vectors are fresh directions: they see any eigenvector that $s$ has a
+    component along, so an eigenvalue that crosses into the top `k` from the
+    `num_kept - k` tracked below it (the guards) is found, and crossings inside the top
+    `k` are simply a reordering.
+
+    If the test still fails after `max_iterations` products (a stale or degenerate start,
+    an eigenvector that moved too far), or the run ended before `k` Ritz pairs (a start
+    inside a smaller invariant subspace, or a zero start, which asks for a cold solve),
+    the warm result is dropped and `eigsh` runs cold from `cold_start`, up to
+    `cold_iterations` products: the answer meets the same test either way, only the
+    cost differs. Under `vmap` both branches run.
+
+    **Limits.** The residual test certifies Ritz pairs, not that they are the *largest*
+    eigenvalues: an eigenvector with no component in $s$ (one that rose past all
+    `num_kept` tracked ones within one call) is not seen, exactly as a cold start
+    orthogonal to it would not see it.
+
+    **Returns:** `(values, vectors, kept, residuals, num_products, warm)`: the `k`
+    largest Ritz values ascending and their unit vectors as columns, the `num_kept`
+    largest Ritz vectors (for the next start), the `k` residual norms, the products
+    spent (warm and cold together), and whether the warm run passed.
+    """
+    m = min(max(max_iterations, num_kept), start.size)  # room for the kept Ritz vectors
+    values, vectors, basis, residuals, size, scale = _lanczos_scaled_run(
+        hvp, start, m, tol, k, "LA", check_every=1
+    )
+    index = _select(values, "LA", num_kept)
+    wanted = index[num_kept - k :]
+    passed = (size >= k) & _small(residuals[wanted], values[wanted], scale, tol)
+    kept = basis.T @ vectors[:, index]
+    warm = (values[wanted], kept[:, num_kept - k :], kept, residuals[wanted], size)
+
+    def cold(_):
+        values, vectors, basis, residuals, size = _lanczos_run(
+            hvp, cold_start, min(cold_iterations, start.size), tol, k, "LA"
+        )
+        index = _select(values, "LA", num_kept)
+        kept = basis.T @ vectors[:, index]
+        wanted = index[num_kept - k :]
+        return values[wanted], kept[:, num_kept - k :], kept, residuals[wanted], size
+
+    values, vectors, kept, residuals, spent = jax.lax.cond(passed, lambda _: warm, cold, None)
+    # `spent` is the warm run's products if it passed, else the cold run's, spent after it.
+    return values, vectors, kept, residuals, jnp.where(passed, size, size + spent), passed
 
 
 def spectral_radius(

@@ -1,6 +1,7 @@
 """Matplotlib figures of driftlab's measurements, written atomically."""
 
 import os
+import textwrap
 
 import matplotlib
 
@@ -12,21 +13,26 @@ import numpy as np
 from ._io import atomic_path
 
 
+#: Characters per line of a figure's title at 11 pt, about the width of a 6-inch figure's
+#: axes: a longer line runs to the figure's edge.
+_TITLE_WIDTH = 48
+
+
 def save_figure(figure, path: str) -> str:
     """Write `figure` to `path` through a temporary file, so a crash never leaves half a PNG."""
     suffix = os.path.splitext(path)[1] or ".png"
     try:
         with atomic_path(path, suffix) as temporary:
-            figure.savefig(temporary, dpi=120, bbox_inches="tight")
+            figure.savefig(temporary, dpi=120, bbox_inches="tight", pad_inches=0.2)
     finally:
         plt.close(figure)
     return path
 
 
-def plot_orders(estimates, path: str, title: str = "") -> str:
-    """Error against `h` on log-log axes, one line per `OrderEstimate`, fitted slopes in the legend.
+def orders_figure(estimates, title: str = ""):
+    """The figure of `plot_orders`, not yet saved: `(figure, axes)`.
 
-    Points left out of the fit (at the round-off floor) are drawn hollow.
+    The legend sits below the axes, where it can hide no point; a long title wraps.
     """
     figure, axes = plt.subplots(figsize=(6, 4.5))
     for estimate in estimates:
@@ -42,9 +48,18 @@ def plot_orders(estimates, path: str, title: str = "") -> str:
         axes.loglog(hs, fitted, ":", color=line.get_color(), lw=1)
     axes.set_xlabel("step size h")
     axes.set_ylabel("error")
-    axes.set_title(title)
+    axes.set_title(textwrap.fill(title, _TITLE_WIDTH), fontsize=11)
     axes.grid(True, which="both", alpha=0.3)
-    axes.legend(fontsize=7)
+    axes.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), frameon=False)
+    return figure, axes
+
+
+def plot_orders(estimates, path: str, title: str = "") -> str:
+    """Error against `h` on log-log axes, one line per `OrderEstimate`, fitted slopes in the legend.
+
+    Points left out of the fit (at the round-off floor) are drawn hollow.
+    """
+    figure, _ = orders_figure(estimates, title)
     return save_figure(figure, path)
 
 

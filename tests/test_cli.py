@@ -15,6 +15,7 @@ import pytest
 import driftlab as dl
 from driftlab import _registry, analysis, cli
 from driftlab._io import write_json_atomic
+from driftlab.cli import _order
 
 
 def _main(argv) -> int:
@@ -242,3 +243,34 @@ def test_registry_checks_hyperparameters_from_python_too():
         _registry.OPTIMISERS["heavy-ball"](problem, {"beta": 2.0})
     step, _, _ = _registry.OPTIMISERS["adam"](problem, {"eps_inside_sqrt": 1.0, "b2": "0.5"})
     assert step.eps_inside_sqrt is True and float(step.b2) == 0.5 and float(step.b1) == 0.9
+
+
+@pytest.mark.slow  # about 8 s of compilation on an idle core, more on a loaded one
+def test_the_tables_note_states_the_fit_rule_the_tables_follow(tmp_path, capsys):
+    # The note under the tables says a point is used when its error is at least
+    # FLOOR_MARGIN times its floor: every row of the written results must obey it.
+    argv = ["order", "--problem", "quadratic", "--num", "3", "--output", str(tmp_path)]
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    tables, _, rest = out.partition(_order.TABLE_NOTE)
+    assert "floor" in tables and rest.lstrip().startswith("fitted orders:")
+    assert f"{analysis._order.FLOOR_MARGIN:g}x its floor" in " ".join(_order.TABLE_NOTE.split())
+    for estimate in json.loads((tmp_path / "order.json").read_text())["estimates"]:
+        for error, floor, used in zip(estimate["errors"], estimate["floors"], estimate["used"]):
+            assert used == (error >= analysis._order.FLOOR_MARGIN * floor)
+
+
+@pytest.mark.parametrize("command", [["demo"], ["order"], ["bench"], ["weak"]])
+@pytest.mark.parametrize("where", ["a file", "/proc/nope"])
+def test_an_unwritable_output_exits_2_before_computing(
+    tmp_path, capsys, nothing_measured, command, where
+):
+    if where == "a file":
+        where = str(tmp_path / "results.json")
+        open(where, "w").close()
+    elif not os.path.isdir("/proc"):
+        pytest.skip("no /proc on this system")
+    assert _main([*command, "--output", where]) == 2
+    line = _error_line(capsys)
+    assert line.startswith("driftlab: error: `--output`")
+    assert "is a file" in line or "cannot be written" in line

@@ -1,7 +1,9 @@
 """The edge-of-stability suite: the smoke preset end to end, the verdict logic on known series."""
 
 import json
+import os
 import shutil
+import stat
 
 import jax
 import jax.numpy as jnp
@@ -10,8 +12,9 @@ import pytest
 from jax.flatten_util import ravel_pytree
 
 import driftlab as dl
-from driftlab.cli import build_parser
-from driftlab.suites import eos
+from driftlab.cli import build_parser, main
+from driftlab.suites import eos, flow_error
+from driftlab.suites._output import write_text_atomic
 
 
 @pytest.fixture(scope="module")
@@ -238,3 +241,76 @@ def test_a_rerun_case_replaces_only_its_own_runs_in_preset_order():
         eos.replace_runs(earlier, result("smoke", "x", [], 0, 0, 0), ["a", "b"])
     with pytest.raises(dl.InputError, match="only"):
         eos.run("fast", "/nonexistent", only="no-such-case")
+
+
+def _verdict_of(reached_runs, total, holds=(), fails=(), unmeasured=()):
+    keys = ["progressive_sharpening", "hovering", "gradient_flow_leaves"]
+    verdict = {"runs_reaching_eos": f"{reached_runs}/{total}"}
+    verdict |= {key: key in holds for key in keys}
+    verdict["measured_on"] = {
+        key: f"{0 if key in unmeasured else reached_runs}/{reached_runs}" for key in keys
+    }
+    return verdict
+
+
+def test_the_summary_says_in_words_what_a_smoke_run_shows():
+    smoke = {"preset": "smoke", "verdict": _verdict_of(0, 2)}
+    text = " ".join(eos.summary(smoke).split())
+    assert text.startswith("0 of 2 runs reached the edge of stability")
+    assert "No finding could be measured" in text
+    assert eos.PRESET_GUIDE["smoke"][1] in text and "--preset fast" in text
+    # Outside the smoke preset a run that never reaches the edge is not "as expected".
+    assert "As expected" not in eos.summary({"preset": "fast", "verdict": _verdict_of(0, 5)})
+
+
+def test_the_summary_lists_the_findings_that_hold_and_fail_where_measured():
+    verdict = _verdict_of(
+        3, 5, holds=("progressive_sharpening",), unmeasured=("gradient_flow_leaves",)
+    )
+    text = " ".join(eos.summary({"preset": "fast", "verdict": verdict}).split())
+    assert text.startswith("3 of 5 runs reached the edge of stability")
+    assert "hold on every run at the edge: progressive_sharpening." in text
+    # Hovering was measured and failed; the unmeasured finding is in neither list.
+    assert "fail on some run: hovering." in text
+    assert "gradient_flow_leaves" not in text
+
+
+def test_bench_help_gives_every_presets_running_time(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["bench", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for suite, guide in (("flows", flow_error.PRESET_GUIDE), ("eos", eos.PRESET_GUIDE)):
+        assert f"--suite {suite}" in text
+        for preset, (duration, purpose) in guide.items():
+            assert f"{preset} {duration}: {purpose}" in text
+
+
+@pytest.mark.parametrize("suite", ["flows", "eos"])
+def test_bench_case_without_earlier_results_is_one_line_before_running(suite, tmp_path, capsys):
+    argv = ["bench", "--suite", suite, "--preset", "smoke", "--case", "x", "--output"]
+    assert main([*argv, str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("driftlab: error: `--case x` reruns one case") and "\n" not in err
+    assert "run the whole preset there first" in err and not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    "suite, results, named",
+    [("flows", "flow_error.json", "quadratic/gd"), ("eos", "eos.json", "fc-digits")],
+)
+def test_bench_case_names_the_presets_cases_when_unknown(suite, results, named, tmp_path, capsys):
+    (tmp_path / results).write_text("{}")
+    argv = ["bench", "--suite", suite, "--preset", "smoke", "--case", "nope", "--output"]
+    assert main([*argv, str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("driftlab: error:") and named in err
+
+
+def test_text_reports_replace_the_old_file_whole_with_the_mode_of_any_new_file(tmp_path):
+    path = tmp_path / "new" / "eos.md"
+    write_text_atomic("first\n", str(path))
+    write_text_atomic("second\n", str(path))
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert path.read_text() == "second\n" and os.listdir(path.parent) == ["eos.md"]
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask

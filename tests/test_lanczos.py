@@ -144,3 +144,24 @@ def test_basis_stays_orthonormal_past_convergence(num_iterations):
     assert int(size) == num_iterations
     gram = np.asarray(basis @ basis.T)
     assert np.max(np.abs(gram - np.eye(num_iterations))) < 1e-12
+
+
+@pytest.mark.parametrize("size", [5, 37])
+def test_orthogonalise_twice_is_enough_for_a_nearly_dependent_vector(size):
+    # w = Q c + 1e-10 u with u exactly orthogonal to the orthonormal Q: one classical
+    # Gram-Schmidt pass leaves components of about eps ||w|| along Q, i.e. 1e-6 relative
+    # to what remains (1e-10 ||w||); the second pass (Kahan's "twice is enough") removes
+    # them. Arnoldi meets this whenever its Krylov space is nearly invariant.
+    rng = np.random.default_rng(size)
+    n = 300
+    q, _ = np.linalg.qr(rng.standard_normal((n, size + 1)))
+    basis, u = q[:, :size].T, q[:, size]
+    coefficients = rng.standard_normal(size) * 10.0 ** rng.uniform(-2, 2, size)
+    w = basis.T @ coefficients + 1e-10 * u
+    padded = np.asarray(_lanczos._empty_basis(size, n, jnp.float64)).copy()
+    padded[:size] = basis
+    out, along = _lanczos._orthogonalise(jnp.asarray(padded), jnp.asarray(w), jnp.asarray(size))
+    out = np.asarray(out)
+    assert np.max(np.abs(basis @ out)) < 1e-12 * np.linalg.norm(out)
+    np.testing.assert_allclose(out, 1e-10 * u, rtol=0, atol=1e-14 * np.linalg.norm(w))
+    np.testing.assert_allclose(np.asarray(along)[:size], coefficients, rtol=1e-12)

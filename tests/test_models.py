@@ -1,6 +1,7 @@
 """Models as parameters: an Equinox MLP (non-array leaves) wherever a parameter PyTree goes."""
 
 import functools as ft
+import warnings
 
 import equinox as eqx
 import jax
@@ -319,3 +320,109 @@ def test_sme_sample_path_on_a_model():
     flat_end = flat_sme.solve(flat, 0.4, key=jr.key(3), dt=0.1)
     assert helpers.relative_error(_arrays(end), unravel(flat_end)) < 1e-12
     assert helpers.relative_error(flat_end, flat) > 1e-3  # it moved
+
+
+def _phi(params):
+    """A test function that reads a model and its ravelled copy alike: two parameters."""
+    return dl._tree.ravel(params)[0][:2]
+
+
+def _random_sgd(loss):
+    return dl.integrators.RandomBatchSGD(loss, batch_size=4, examples=True)
+
+
+def _sme(loss, batch):
+    return lambda h: dl.StochasticModifiedEquation.of(_random_sgd(loss), batch, h, 1)
+
+
+#: Every public measurement, as `(params, loss, batch) -> numbers`. Each runs on the model
+#: and on its ravelled copy (`_flat_problem`), an independent route to the same numbers.
+_MEASUREMENTS = {
+    "local_error": lambda p, loss, b: (
+        dl.local_error(dl.GradientDescent(loss), dl.IGRFlow(loss, 0.05), p, 0.05, b).error
+    ),
+    "global_error": lambda p, loss, b: (
+        dl.global_error(dl.GradientDescent(loss), dl.IGRFlow(loss, 0.05), p, 0.05, 0.1, b).error
+    ),
+    "drift": lambda p, loss, b: (
+        dl.analysis.drift(dl.GradientDescent(loss), dl.IGRFlow(loss, 0.05), p, 0.05, 2, b).errors
+    ),
+    "order_of_accuracy": lambda p, loss, b: (
+        dl.order_of_accuracy(
+            dl.GradientDescent(loss),
+            lambda h: dl.GradientFlow(loss),
+            p,
+            [0.05, 0.1, 0.2],
+            "local",
+            b,
+        ).errors
+    ),
+    "distance_to_time_average": lambda p, loss, b: (
+        dl.analysis.distance_to_time_average(
+            dl.GradientDescent(loss), dl.GradientFlow(loss), p, 0.05, 4, b, width=1, kernel="window"
+        ).distance
+    ),
+    "weak_error": lambda p, loss, b: (
+        dl.weak_error(
+            _random_sgd(loss), _sme(loss, b)(0.1), p, 0.1, 0.2, _phi, 4, jr.key(0)
+        ).sgd_expectation
+    ),
+    "weak_order_of_accuracy": lambda p, loss, b: (
+        dl.weak_order_of_accuracy(
+            _random_sgd(loss),
+            _sme(loss, b),
+            p,
+            [0.1, 0.2, 0.4],
+            0.4,
+            _phi,
+            4,
+            jr.key(0),
+            strict=False,
+        ).errors
+    ),
+    "hessian_eigenpairs": lambda p, loss, b: (
+        dl.hessian_eigenpairs(loss, p, b, k=2, method="lanczos").eigenvalues
+    ),
+    "lambda_max": lambda p, loss, b: dl.lambda_max(loss, p, b),
+    "stability_index": lambda p, loss, b: dl.stability_index(dl.GradientDescent(loss), p, 0.05, b),
+    "is_gradient_field": lambda p, loss, b: (
+        dl.is_gradient_field(dl.IGRFlow(loss, 0.05), p, b, key=jr.key(0)).symmetric_norm
+    ),
+}
+#: Public names of `driftlab.analysis` that are not measurements on a parameter PyTree: result
+#: types, averaging helpers, and the exact moments of quadratic units (matrices, not a model).
+_NOT_ON_PARAMETERS = {"averaging_weights", "time_average", "sgd_moments", "sme_moments"}
+
+
+def test_every_measurement_is_listed():
+    functions = {
+        name
+        for name in dir(dl.analysis)
+        if not name.startswith("_")
+        and not isinstance(getattr(dl.analysis, name), type)
+        and callable(getattr(dl.analysis, name))
+    }
+    assert functions - _NOT_ON_PARAMETERS == set(_MEASUREMENTS)
+
+
+#: Covered quickly through another entry (order_of_accuracy, weak_order_of_accuracy) or by
+#: the slow test above; their own compilations cost 5-10 s each.
+_SLOW_ON_A_MODEL = {"drift", "global_error", "weak_error"}
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(name, marks=pytest.mark.slow) if name in _SLOW_ON_A_MODEL else name
+        for name in sorted(_MEASUREMENTS)
+    ],
+)
+def test_every_measurement_on_a_model(name):
+    model, batch, loss = _model_problem()
+    flat, flat_loss, _ = _flat_problem()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dl.RoundoffWarning)  # tiny samples: floors are high
+        on_model = np.asarray(_MEASUREMENTS[name](model, loss, batch), dtype=np.float64)
+        on_flat = np.asarray(_MEASUREMENTS[name](flat, flat_loss, batch), dtype=np.float64)
+    assert np.all(np.isfinite(on_model))
+    np.testing.assert_allclose(on_model, on_flat, rtol=1e-8, atol=1e-14)

@@ -1,12 +1,14 @@
 """ModifiedFlow: automatic backward error analysis of any one-step map (issue 5)."""
 
 import math
+import re
 
 import equinox as eqx
 import hypothesis
 import hypothesis.strategies as st
 import jax
 import jax.numpy as jnp
+import jax.random as jr
 import numpy as np
 import pytest
 import scipy.linalg
@@ -398,3 +400,19 @@ def test_property_random_networks(seed, h):
     ]
     for coefficient, exact in zip(coefficients, expected):
         assert helpers.relative_error(coefficient, exact) < 1e-10
+
+
+def test_an_order_that_cannot_compile_is_refused_quickly_naming_one_that_can():
+    # Order 100 of GD on a model ran 9 CPU minutes and reached 16.5 GB before (issue 28);
+    # now one trace at order 2 decides, before anything is expanded.
+    model = eqx.nn.MLP(2, 1, 8, 1, activation=jax.nn.tanh, key=jr.key(0))
+    xs = jr.normal(jr.key(1), (8, 2), jnp.float64)
+    loss = lambda m, b: jnp.mean((jax.vmap(m)(b[0]) - b[1]) ** 2)
+    batch, step = (xs, jnp.sin(xs.sum(axis=1, keepdims=True))), dl.GradientDescent(loss)
+    with pytest.raises(dl.InputError, match=r"`order`=100 .* the largest order that fits") as info:
+        dl.ModifiedFlow(step, 0.1, order=100).coefficients(model, batch)
+    largest = int(re.search(r"the largest order that fits here is (\d+)", str(info.value))[1])
+    assert 8 <= largest < 100
+    dl.ModifiedFlow(step, 0.1, order=largest).check_order_fits(model, batch)
+    with pytest.raises(dl.InputError, match="`order`"):
+        dl.ModifiedFlow(step, 0.1, order=largest + 1).check_order_fits(model, batch)

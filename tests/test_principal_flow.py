@@ -216,3 +216,22 @@ def test_measurements_with_a_complex_state_see_gd_on_the_flow(quadratic, h_lambd
     # The same measurement on a real state is refused: the field is complex there.
     with pytest.raises(dl.MeasurementError, match="complex128"):
         dl.local_error(step, flow, problem.params, h, data)
+
+
+def test_a_dense_field_on_many_parameters_warns_naming_lanczos(capfd):
+    # 300 parameters: the dense field diagonalises a 300 x 300 Hessian per evaluation.
+    n = 300
+    eigenvalues = jnp.linspace(0.1, 1.0, n)
+    loss = lambda y, args: 0.5 * jnp.sum(eigenvalues * y**2)
+    y0, h = jnp.ones(n), 0.1
+    step = dl.GradientDescent(loss)
+    with pytest.warns(dl.CostWarning, match=r"300 x 300 Hessian .* method='lanczos'"):
+        dense = dl.local_error(step, dl.PrincipalFlow(loss, h), y0, h)
+    assert "100.00%" in capfd.readouterr().out  # the costly solve showed its progress
+    # The advice holds: Lanczos with k = num_iterations = n gives the same measurement.
+    lanczos = dl.PrincipalFlow(loss, h, method="lanczos", k=n, num_iterations=n)
+    assert dl.PrincipalFlow(loss, h).cost_advice(y0) is not None
+    assert lanczos.cost_advice(y0) is None
+    assert dense.error < 1e-10  # GD on a quadratic lies on its principal flow
+    small = jnp.ones(10)
+    assert dl.PrincipalFlow(loss, h).cost_advice(small) is None

@@ -12,7 +12,12 @@ from ._gradient_structure import (
     GradientStructure as GradientStructure,
     is_gradient_field as is_gradient_field,
 )
-from ._moments import Moments as Moments, sgd_moments as sgd_moments, sme_moments as sme_moments
+from ._moments import (
+    Moments as Moments,
+    momentum_moments as momentum_moments,
+    sgd_moments as sgd_moments,
+    sme_moments as sme_moments,
+)
 from ._order import (
     order_of_accuracy as order_of_accuracy,
     OrderEstimate as OrderEstimate,
@@ -25,9 +30,12 @@ from ._scaling import (
     SquareRootScalingRule as SquareRootScalingRule,
 )
 from ._spectra import (
+    batch_sharpness as batch_sharpness,
     hessian_eigenpairs as hessian_eigenpairs,
     HessianSpectrum as HessianSpectrum,
     lambda_max as lambda_max,
+    preconditioned_eigenpairs as preconditioned_eigenpairs,
+    preconditioned_stability_threshold as preconditioned_stability_threshold,
     stability_index as stability_index,
 )
 from ._time_average import (

@@ -9,9 +9,11 @@ from .._custom_types import Args, RealScalarLike, Y
 from .._errors import (
     check_same_structure,
     check_step_size,
+    CostWarning,
     InputError,
     MeasurementError,
     StabilityWarning,
+    warn_at_caller,
 )
 from .._tree import array_leaves, split, tree_norm, tree_sub
 from ..flows import AbstractFlow
@@ -114,14 +116,19 @@ def _compare(
     problem = region_problem(step, flow, y0, args)
     if problem is not None:
         raise MeasurementError(f"{type(flow).__name__}: {problem}.")
+    advice = flow.cost_advice(step.parameters(y0)) if isinstance(flow, AbstractFlow) else None
+    if advice is not None:
+        warn_at_caller(advice, CostWarning)
     y0 = starting_state(step, flow, y0, args, on_slow_manifold)
     params0 = step.parameters(y0)
     y_map = step.parameters(advance(step, y0, h, num_steps, args))
     t = _flow_time(step, h, args, num_steps)
     t0 = start_time(step, y0)
     check_kinks(step, t0, t0 + t)
+    # A solve the flow itself calls costly shows its progress (every 10% of the time).
+    start = _flow_start(params0, complex_state)
     y_flow = solve(
-        flow, _flow_start(params0, complex_state), t0 + t, args=args, t0=t0, rtol=rtol, atol=atol
+        flow, start, t0 + t, args=args, t0=t0, rtol=rtol, atol=atol, progress=advice is not None
     )
     check_same_structure(y_flow, params0, "flow(t, y, args)", "the parameters of y0")
     difference = tree_sub(y_map, y_flow)

@@ -74,14 +74,67 @@ def sgd_moments(
     check_sampling(num, batch_size, replacement)
     h = check_step_size(h)
     steps = np.eye(dim + 1) + h * _augmented(matrices, vectors)
-    own = np.einsum("kij,kab->iajb", steps, steps).reshape((dim + 1) ** 2, -1) / num
+    z = _propagate(steps, batch_size, replacement, num_steps, _second_moment_of(y0))
+    return _unpack(z, dim)
+
+
+def _propagate(steps, batch_size: int, replacement: bool, num_steps: int, z0) -> np.ndarray:
+    r"""$\operatorname{vec}\mathbb E zz^\top$ after `num_steps` of a random mean of the `steps`."""
+    num, size = steps.shape[:2]
+    own = np.einsum("kij,kab->iajb", steps, steps).reshape(size**2, -1) / num
     mean = steps.mean(axis=0)
     cross = np.kron(mean, mean)
     if not replacement:
         cross = (num**2 * cross - num * own) / (num * (num - 1)) if num > 1 else own
     transition = own / batch_size + (1 - 1 / batch_size) * cross
-    z = np.linalg.matrix_power(transition, num_steps) @ _second_moment_of(y0)
-    return _unpack(z, dim)
+    return np.linalg.matrix_power(transition, num_steps) @ z0
+
+
+def momentum_moments(
+    batches,
+    y0,
+    h,
+    beta,
+    num_steps: int,
+    *,
+    nesterov: bool = False,
+    batch_size: int = 1,
+    replacement: bool = True,
+) -> Moments:
+    r"""Exact first and second moments of minibatch heavy-ball or Nesterov on quadratic units.
+
+    The state $z = (\theta, m, 1)$ moves by an affine map of the drawn units'
+    gradients $A_k\theta - b_k$: for heavy-ball $m' = \beta m + \bar g_B$,
+    $\theta' = \theta - hm'$, for Nesterov $\theta' = \theta - h(\bar g_B + \beta m')$
+    (driftlab's `HeavyBall`, `Nesterov`), so one step is $z \mapsto M_Bz$ with $M_B$ the
+    mean of the units' matrices $M_k$, and $\mathbb E zz^\top$ follows the same linear
+    recursion as in `sgd_moments`. The buffer starts at zero (`init`).
+
+    **Returns:** `Moments` of the whole state $(\theta, m)$ (length $2d$).
+    """
+    matrices, vectors = _quadratic_units(batches)
+    num, dim = vectors.shape
+    check_sampling(num, batch_size, replacement)
+    h = check_step_size(h)
+    if not 0 <= float(beta) < 1:
+        raise InputError(f"`beta` must lie in [0, 1), got {beta!r}.")
+    eye = np.eye(dim)
+    size = 2 * dim + 1
+    steps = np.zeros((num, size, size))
+    # The m rows: m' = beta m + A_k theta - b_k.
+    steps[:, dim : 2 * dim, :dim] = matrices
+    steps[:, dim : 2 * dim, dim : 2 * dim] = beta * eye
+    steps[:, dim : 2 * dim, -1] = -vectors
+    # The theta rows: theta' = theta - h (w g + beta' m), w = 1 + beta, beta' = beta^2 for
+    # Nesterov (theta - h (g + beta m')), w = 1, beta' = beta for heavy-ball (theta - h m').
+    weight, carried = (1 + beta, beta**2) if nesterov else (1.0, beta)
+    steps[:, :dim, :dim] = eye - h * weight * matrices
+    steps[:, :dim, dim : 2 * dim] = -h * carried * eye
+    steps[:, :dim, -1] = h * weight * vectors
+    steps[:, -1, -1] = 1.0
+    start = np.concatenate([np.asarray(y0, dtype=np.float64), np.zeros(dim)])
+    z = _propagate(steps, batch_size, replacement, num_steps, _second_moment_of(start))
+    return _unpack(z, 2 * dim)
 
 
 def sme_moments(

@@ -9,6 +9,7 @@ import scipy.stats
 
 from .._custom_types import Args, Y
 from .._errors import (
+    check_factory,
     check_step_size,
     InputError,
     MeasurementError,
@@ -16,6 +17,7 @@ from .._errors import (
     StabilityWarning,
     warn_at_caller,
 )
+from ..flows import AbstractFlow
 from ..integrators import AbstractStepMap
 from ..integrators._schedules import kink_message, kinks_between, KinkWarning
 from ..integrators._solve import DEFAULT_ATOL, DEFAULT_RTOL
@@ -228,6 +230,8 @@ def order_of_accuracy(
     if kind == "global" and t_end is None:
         raise InputError("`t_end` is required for kind='global' (the time to compare at).")
     grid = check_step_grid(hs)
+    example = f"lambda h: {type(make_flow).__name__}(..., h)"
+    check_factory(make_flow, "make_flow", AbstractFlow, example)
     first_flow = make_flow(float(grid[0]))
     _checked_inputs(step, first_flow, y0, grid[0])
     expected_given = expected

@@ -17,6 +17,7 @@ from jax.flatten_util import ravel_pytree
 
 from .._custom_types import Args, RealScalarLike, Y
 from .._errors import check_step_size, InputError
+from .._tree import split
 from ..integrators import AbstractStepMap, iterate, solve
 from ..integrators._iterate import check_state
 
@@ -148,22 +149,25 @@ def distance_to_time_average(
             raise InputError("`step` has no `loss` field; pass `loss(params, args)`.")
     weights = averaging_weights(width, kernel)
     reach = (weights.size - 1) // 2
-    params = jax.vmap(step.parameters)(iterate(step, y0, h, num_steps, args))
+    # A model's static leaves (an activation function) are carried apart from its stacked
+    # array leaves: transforms and averages see arrays only.
+    params, static = split(eqx.filter_vmap(step.parameters)(iterate(step, y0, h, num_steps, args)))
     params0 = step.parameters(y0)
+    with_static = lambda arrays: eqx.combine(arrays, static)
     if flow_states is None:
         duration = float(step.duration(h, args))
         ts = duration * jnp.arange(num_steps + 1)
         flow_states = solve(flow, params0, ts[-1], ts=ts, args=args)
     predicted_loss = loss if predicted_loss is None else predicted_loss
     averaged = time_average(params, weights)
-    averaged_loss = time_average(jax.vmap(lambda p: loss(p, args))(params), weights)
+    averaged_loss = time_average(jax.vmap(lambda p: loss(with_static(p), args))(params), weights)
     window = slice(reach, num_steps + 1 - reach)
-    flow_window = jtu.tree_map(lambda leaf: leaf[window], flow_states)
-    flow_loss = jax.lax.map(lambda p: predicted_loss(p, args), flow_window)
+    flow_window = jtu.tree_map(lambda leaf: leaf[window], split(flow_states)[0])
+    flow_loss = jax.lax.map(lambda p: predicted_loss(with_static(p), args), flow_window)
     flat = jax.vmap(lambda tree: ravel_pytree(tree)[0])
     averaged_flat, flow_flat = flat(averaged), flat(flow_window)
     distance = jnp.linalg.norm(averaged_flat - flow_flat, axis=1)
-    travelled = jnp.linalg.norm(averaged_flat - ravel_pytree(params0)[0], axis=1)
+    travelled = jnp.linalg.norm(averaged_flat - ravel_pytree(split(params0)[0])[0], axis=1)
     return TimeAverageDistance(
         steps=np.arange(reach, num_steps + 1 - reach),
         distance=np.asarray(distance),

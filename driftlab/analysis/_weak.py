@@ -1,4 +1,4 @@
-"""Weak error and weak order of a stochastic modified equation against random-batch SGD."""
+"""Weak error and weak order of a stochastic modified equation against its minibatch optimiser."""
 
 import json
 import math
@@ -16,14 +16,17 @@ import scipy.stats
 
 from .._custom_types import Y
 from .._errors import (
+    check_factory,
     check_float64_tree,
     check_step_size,
     InputError,
     MeasurementError,
     RoundoffWarning,
 )
-from ..flows._sme import sde_euler_solve, StochasticModifiedEquation
-from ..integrators._random import RandomBatchSGD, RandomBatchState
+from .._tree import split
+from ..flows._sme import AbstractStochasticModifiedEquation, sde_euler_solve
+from ..integrators._maps import AbstractStepMap
+from ..integrators._random import AbstractRandomBatchMap, RandomBatch
 from ._order import above_floor, can_fit, check_step_grid, fit_slope
 
 
@@ -31,6 +34,12 @@ from ._order import above_floor, can_fit, check_step_grid, fit_slope
 Z_SCORE = 3.0
 #: Euler–Maruyama levels per h-point: dt, dt/2, dt/4 (two Talay–Tubaro extrapolations).
 NUM_LEVELS = 3
+
+
+def _component_variances(values: np.ndarray) -> np.ndarray:
+    """The variance of the sample mean of each component of per-sample values `(S, ...)`."""
+    flat = values.reshape(values.shape[0], -1)
+    return flat.var(axis=0, ddof=1) / flat.shape[0]
 
 
 def _stats(values: np.ndarray) -> tuple[np.ndarray, float]:
@@ -54,6 +63,9 @@ class WeakError(eqx.Module):
       Euler–Maruyama at steps `dt`, `dt/2`, `dt/4` on one Brownian path per sample,
       extrapolated twice (Talay–Tubaro); see `weak_error`.
     - `solver_dt`: the finest Euler–Maruyama step.
+    - `component_stderrs`, `component_solver_errors`: the standard error of the
+      difference and the solver's estimated error for each component of $\varphi$
+      (flattened), to fit each component's weak order on its own.
     - `sgd_expectation`, `sde_expectation`: the two sample means, flattened.
     - `sgd_samples_per_second`, `sde_samples_per_second`: measured throughput
       (compiled, one run; an SDE sample costs all three levels).
@@ -72,6 +84,8 @@ class WeakError(eqx.Module):
     sde_expectation: np.ndarray
     sgd_samples_per_second: float
     sde_samples_per_second: float
+    component_stderrs: np.ndarray | None = None
+    component_solver_errors: np.ndarray | None = None
 
     @property
     def floor(self) -> float:
@@ -254,11 +268,13 @@ class WeakOrderEstimate(eqx.Module):
 
 
 @eqx.filter_jit
-def _sgd_values(step, params, h, num_steps, data, keys, test_fn):
+def _sgd_values(step, sde, y0, h, num_steps, data, keys, test_fn):
     def one(key):
-        state = RandomBatchState(params, jr.key_data(key))
-        final = jax.lax.fori_loop(0, num_steps, lambda _, s: step(s, h, data), state)
-        return test_fn(final.params)
+        # The loop carries the state's arrays; a model's static leaves (its activation) stay out.
+        state, static = split(step.keyed(y0, key))
+        advance = lambda _, s: split(step(eqx.combine(s, static), h, data))[0]
+        final = eqx.combine(jax.lax.fori_loop(0, num_steps, advance, state), static)
+        return test_fn(sde.observe(step.unkeyed(final)))
 
     return jax.vmap(one)(keys)
 
@@ -269,7 +285,8 @@ def _sde_values(sde, y0, t_end, dt, tol, keys, test_fn, max_steps):
 
     def one(key):
         ys = sde_euler_solve(sde, y0, t_end, dt, key, tol, saveat, max_steps)
-        return test_fn(jax.tree_util.tree_map(lambda x: x[0], ys))
+        arrays, static = split(ys)
+        return test_fn(eqx.combine(jax.tree_util.tree_map(lambda x: x[0], arrays), static))
 
     return jax.vmap(one)(keys)
 
@@ -293,8 +310,8 @@ def _timed_in_chunks(fn, keys, chunk_size):
 
 
 def weak_error(
-    step: RandomBatchSGD,
-    sde: StochasticModifiedEquation,
+    step: AbstractRandomBatchMap,
+    sde: AbstractStochasticModifiedEquation,
     y0: Y,
     h: float,
     t_end: float,
@@ -309,8 +326,10 @@ def weak_error(
 ) -> WeakError:
     r"""The weak error $|\mathbb E\varphi(\theta_n) - \mathbb E\varphi(\Theta(nh))|$ by Monte Carlo.
 
-    Runs `num_samples` independent SGD paths (`step`, vmapped, one PRNG key each,
-    on `sde.data`) and `num_samples` SDE paths. Every SDE path is one
+    Runs `num_samples` independent paths of the minibatch optimiser (`step`,
+    vmapped, one PRNG key each, on `sde.data`) and `num_samples` SDE paths, and
+    compares $\varphi$ on the SDE's state: `sde.observe` of the optimiser's state
+    (all of it for SGD, RMSProp and Adam; the parameters for momentum). Every SDE path is one
     `diffrax.VirtualBrownianTree`, solved by Euler–Maruyama at
     $\mathrm{dt} = h/$`substeps`, $\mathrm{dt}/2$ and $\mathrm{dt}/4$: common random
     numbers across the levels. Euler–Maruyama has weak order 1 and an error expansion
@@ -325,10 +344,15 @@ def weak_error(
 
     **Arguments:**
 
-    - `step`: a `driftlab.integrators.RandomBatchSGD`; `sde`: its SME at step `h`
-      (e.g. `StochasticModifiedEquation.of(step, data, h, order)`).
-    - `y0`: the initial parameters; `h`, `t_end` (a multiple of `h`).
-    - `test_fn`: $\varphi$, params $\mapsto$ array (any shape; the error is the norm).
+    - `step`: a random-batch map (`driftlab.integrators.RandomBatchSGD`, or
+      `RandomBatch` of a map with state); `sde`: its SDE at step `h`
+      (e.g. `StochasticModifiedEquation.of(step, data, h, order)`,
+      `RMSPropSME.of(step, data, h, order)`), which refuses a `step` in another
+      sampling model or scaling.
+    - `y0`: the optimiser's initial state without its key (the parameters for
+      SGD; e.g. `RMSPropState(params, nu)`); `h`, `t_end` (a multiple of `h`).
+    - `test_fn`: $\varphi$, SDE state $\mapsto$ array (any shape; the error is the
+      norm); a non-finite value raises `MeasurementError`.
     - `num_samples`, `key` (a `jax.random.key`); `num_sde_samples`: SDE paths, if
       not `num_samples` (an SDE path costs hundreds of SGD paths on a network: spend
       the samples where the variance is cheapest to reduce).
@@ -339,21 +363,12 @@ def weak_error(
 
     **Returns:** a `WeakError`.
     """
-    if not isinstance(step, RandomBatchSGD):
+    if not isinstance(sde, AbstractStochasticModifiedEquation):
         raise InputError(
-            f"`step` must be a driftlab.integrators.RandomBatchSGD, got {type(step).__name__}."
+            "`sde` must be a driftlab.StochasticModifiedEquation or another "
+            f"AbstractStochasticModifiedEquation, got {type(sde).__name__}."
         )
-    if not isinstance(sde, StochasticModifiedEquation):
-        raise InputError(
-            f"`sde` must be a driftlab.StochasticModifiedEquation, got {type(sde).__name__}."
-        )
-    sampling = ("batch_size", "replacement", "examples")
-    if any(getattr(step, name) != getattr(sde, name) for name in sampling):
-        raise InputError(
-            "`step` and `sde` assume different sampling models ("
-            + ", ".join(f"{n}: {getattr(step, n)} vs {getattr(sde, n)}" for n in sampling)
-            + "); build the SME with `StochasticModifiedEquation.of(step, data, h, order)`."
-        )
+    sde.check_step(step)
     check_float64_tree(y0, "y0")
     h, t_end = check_step_size(h), check_step_size(t_end, "t_end")
     if abs(float(sde.h) - h) > 1e-12 * h:
@@ -374,17 +389,23 @@ def weak_error(
     sde_keys = jr.split(sde_key, num_samples if num_sde_samples is None else num_sde_samples)
     tol = dt / 2**NUM_LEVELS
 
+    start = sde.observe(y0)
+    if not np.all(np.isfinite(np.asarray(test_fn(start)))):
+        raise InputError(
+            "`test_fn` is not finite at the initial state; pass a test function with finite "
+            "values (e.g. a polynomial of the state)."
+        )
     # Numbers as arrays, not static Python scalars: one compilation serves every h and level.
     h_, steps_, t_end_, tol_ = (jnp.asarray(x) for x in (h, num_steps, t_end, tol))
 
     def run_sgd(keys):
-        return _sgd_values(step, y0, h_, steps_, sde.data, keys, test_fn)
+        return _sgd_values(step, sde, y0, h_, steps_, sde.data, keys, test_fn)
 
     def run_sde(keys):
         # One Brownian tree per key, queried at every level: common random numbers.
         levels = [
-            _sde_values(sde, y0, t_end_, jnp.asarray(dt / 2**level), tol_, keys, test_fn, max_steps)
-            for level in range(NUM_LEVELS)
+            _sde_values(sde, start, t_end_, dt_, tol_, keys, test_fn, max_steps)
+            for dt_ in (jnp.asarray(dt / 2**level) for level in range(NUM_LEVELS))
         ]
         return jnp.stack(levels, axis=1)
 
@@ -392,7 +413,8 @@ def weak_error(
     levels, sde_rate = _timed_in_chunks(run_sde, sde_keys, chunk_size)
     if not (np.all(np.isfinite(sgd_values)) and np.all(np.isfinite(levels))):
         raise MeasurementError(
-            f"non-finite values at h={h:g}: SGD or the SME diverged; use a smaller `h`."
+            f"non-finite values of `test_fn` at h={h:g}: the optimiser or its SDE diverged, "
+            "or `test_fn` is not finite there; use a smaller `h` or a finite `test_fn`."
         )
     coarse = 2 * levels[:, 1] - levels[:, 0]
     fine = 2 * levels[:, 2] - levels[:, 1]
@@ -413,12 +435,23 @@ def weak_error(
         sde_expectation=sde_mean,
         sgd_samples_per_second=float(sgd_rate),
         sde_samples_per_second=float(sde_rate),
+        component_stderrs=np.sqrt(_component_variances(sgd_values) + _component_variances(fine)),
+        component_solver_errors=(
+            np.abs(change_mean) + 2 * np.sqrt(_component_variances(coarse - fine))
+        )
+        / 3,
     )
 
 
+def _map_name(step) -> str:
+    if isinstance(step, RandomBatch):
+        return f"RandomBatch({type(step.step_map).__name__})"
+    return type(step).__name__
+
+
 def weak_order_of_accuracy(
-    step: RandomBatchSGD,
-    make_sde: Callable[[float], StochasticModifiedEquation],
+    step: AbstractRandomBatchMap | Callable[[float], AbstractRandomBatchMap],
+    make_sde: Callable[[float], AbstractStochasticModifiedEquation],
     y0: Y,
     hs: Sequence[float],
     t_end: float,
@@ -436,6 +469,10 @@ def weak_order_of_accuracy(
 ) -> WeakOrderEstimate:
     r"""The weak order of `make_sde(h)` against `step`: `weak_error` over `hs`, then a slope fit.
 
+    `step` is one random-batch map for every `h`, or a function `h -> map` for
+    optimisers whose hyperparameters scale with `h` (RMSProp at $1 - \rho = c_vh$:
+    `lambda h: RandomBatch(RMSProp(loss, rho=1 - c * h))`).
+
     Points whose error is below `margin` times its floor (3 Monte Carlo standard
     errors plus the solver's estimated weak error) are left out of the fit and
     listed in `excluded`; a `RoundoffWarning` says so. Each `h` uses its own
@@ -448,14 +485,21 @@ def weak_order_of_accuracy(
     with a NaN slope instead, its points kept).
     """
     grid = check_step_grid(hs)
+    check_factory(
+        make_sde,
+        "make_sde",
+        AbstractStochasticModifiedEquation,
+        "lambda h: StochasticModifiedEquation.of(step, data, h, order)",
+    )
     max_steps = int(round(t_end / grid[0])) * substeps * 2 ** (NUM_LEVELS - 1) + 1
     points, order = [], None
     for i, h in enumerate(grid):
         sde = make_sde(float(h))
         order = sde.order
+        step_at_h = step(float(h)) if not isinstance(step, AbstractStepMap) else step
         points.append(
             weak_error(
-                step,
+                step_at_h,
                 sde,
                 y0,
                 float(h),
@@ -480,8 +524,8 @@ def weak_order_of_accuracy(
         margin=margin,
         t_end=t_end,
         strict=strict,
-        sde_name=f"StochasticModifiedEquation(order={order})",
-        map_name=type(step).__name__,
+        sde_name=f"{type(sde).__name__}(order={order})",
+        map_name=_map_name(step_at_h),
         test_name=test_name or getattr(test_fn, "__name__", "phi"),
         num_samples=num_samples,
         sgd_samples_per_second=float(np.median([p.sgd_samples_per_second for p in points])),

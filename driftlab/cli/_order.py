@@ -1,10 +1,12 @@
 """`driftlab order`: measure an optimiser's order of accuracy against flows, over a step grid."""
 
 import os
+import textwrap
 
 from .. import _registry
 from .._errors import InputError
-from .._io import machine_info, write_json_atomic
+from .._io import checked_output_dir, machine_info, write_json_atomic
+from ..analysis._order import FLOOR_MARGIN
 from ._common import (
     _checked,
     _grid_size,
@@ -17,6 +19,20 @@ from ._common import (
 
 
 _nonnegative_float = _checked(float, lambda x: 0 <= x < float("inf"), "finite and >= 0")
+
+
+#: Printed under the tables: what their two less obvious columns mean.
+TABLE_NOTE = "\n".join(
+    textwrap.fill(line, 88, subsequent_indent="  ")
+    for line in (
+        "floor: the smallest error the measurement can resolve at that h (round-off and the "
+        "ODE solver's tolerance); a point is used in the fit only when its error is at least "
+        f"{FLOOR_MARGIN:g}x its floor.",
+        "max |1 - mu|: the stability index at the largest h, the largest |1 - mu| over the "
+        "eigenvalues mu of the step map's Jacobian (h * lambda_max for GD); at 2, the edge of "
+        "stability, the fit stops being meaningful.",
+    )
+)
 
 
 def _parse_hyper(items) -> dict[str, str]:
@@ -37,6 +53,7 @@ def order(args, title=None):
     """Measure every (flow, kind) pair and report; validates everything before compiling."""
     from ..analysis import order_of_accuracy
 
+    checked_output_dir(args.output)
     hs = _step_grid(args.h_min, args.h_max, args.num)
     make_problem = _registry.lookup(_registry.PROBLEMS, "problem", args.problem)
     optimiser = _registry.lookup(_registry.OPTIMISERS, "optimiser", args.optimiser)
@@ -125,6 +142,7 @@ def _report(estimates, record, args, title):
 
     for estimate in estimates:
         print(estimate, end="\n\n")
+    print(TABLE_NOTE, end="\n\n")
     summary = [
         f"{e.kind:>6} {e.map_name} vs {e.flow_name}: slope {e.slope:.2f} +- "
         f"{e.slope_stderr:.2f} (expected {e.expected:g})"

@@ -7,7 +7,7 @@ import jax.random as jr
 
 from .. import _registry
 from .._errors import InputError
-from .._io import machine_info, write_json_atomic
+from .._io import checked_output_dir, machine_info, write_json_atomic
 from ._common import (
     _checked,
     _grid_size,
@@ -92,6 +92,7 @@ def run_weak(
 
 
 def weak(args):
+    checked_output_dir(args.output)
     hs = _step_grid(args.h_min, args.h_max, args.num)
     estimates, setting = run_weak(
         args.problem,

@@ -37,4 +37,15 @@ from ._momentum import (
 )
 from ._principal import PrincipalFlow as PrincipalFlow
 from ._sgd import ExactBatchSGDFlow as ExactBatchSGDFlow, SGDFlow as SGDFlow
-from ._sme import StochasticModifiedEquation as StochasticModifiedEquation
+from ._sme import (
+    AbstractStochasticModifiedEquation as AbstractStochasticModifiedEquation,
+    AdamSME as AdamSME,
+    MomentumSME as MomentumSME,
+    RMSPropSME as RMSPropSME,
+    StochasticModifiedEquation as StochasticModifiedEquation,
+)
+from ._without_replacement import (
+    covariance_weights as covariance_weights,
+    sgd_without_replacement_correction as sgd_without_replacement_correction,
+    sgd_without_replacement_regulariser as sgd_without_replacement_regulariser,
+)

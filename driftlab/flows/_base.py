@@ -1,4 +1,5 @@
 import abc
+import functools as ft
 
 import equinox as eqx
 import jax
@@ -9,13 +10,50 @@ from equinox import AbstractVar
 from jaxtyping import Array, Float
 
 from .._custom_types import Args, RealScalarLike, Scalar, Y
-from .._errors import InputError
+from .._errors import check_float64_tree, InputError, MeasurementError, runtime_error_message
 from .._symmetry import GRADIENT_TOLERANCE, measure_gradient_structure
 from .._tree import split, tree_sub, tree_vdot
 
 
 #: Gauss-Legendre nodes of the line integrals that turn gradient fields into losses.
 QUADRATURE_NODES = 16
+
+
+def _is_traced(tree) -> bool:
+    return any(isinstance(leaf, jax.core.Tracer) for leaf in jtu.tree_leaves(tree))
+
+
+def _checked_call(method, y_position: int):
+    """`method`, checking its state argument and its runtime errors when called eagerly.
+
+    Outside `jit` (no traced leaf) the state must be finite float64 (or complex128)
+    arrays, and an `eqx.error_if` the field raises becomes one `MeasurementError`
+    line instead of equinox's page of debugging advice. Under `jit` (a solve, a
+    transform) nothing is added: the values are unknown and the checks cost nothing.
+    """
+
+    @ft.wraps(method)
+    def checked(self, *inputs, **kwargs):
+        if _is_traced((inputs, kwargs)):
+            return method(self, *inputs, **kwargs)
+        y = inputs[y_position] if len(inputs) > y_position else kwargs.get("y")
+        if y is not None:
+            check_float64_tree(y, "y", allow_complex=True)
+        try:
+            return method(self, *inputs, **kwargs)
+        except eqx.EquinoxRuntimeError as error:
+            message = runtime_error_message(error)
+            name = type(self).__name__
+            raise MeasurementError(
+                message if message.startswith(name) else f"{name}: {message}"
+            ) from None
+
+    checked.checks_inputs = True
+    return checked
+
+
+#: The methods whose state argument (at this position after `self`) is checked when eager.
+_CHECKED_METHODS = {"__call__": 1, "coefficients": 0, "modified_loss": 0}
 
 
 class AbstractFlow(eqx.Module):
@@ -33,6 +71,16 @@ class AbstractFlow(eqx.Module):
 
     h: AbstractVar[Float[Array, ""]]
     order: AbstractVar[int]
+
+    def __init_subclass__(cls, **kwargs):
+        # Every flow's field (and coefficients, loss) checks a state it is handed directly:
+        # `flow(t, y, args)` with float32 or NaN parameters would otherwise return numbers.
+        super().__init_subclass__(**kwargs)
+        for name, position in _CHECKED_METHODS.items():
+            method = cls.__dict__.get(name)
+            if callable(method) and not getattr(method, "__isabstractmethod__", False):
+                if not getattr(method, "checks_inputs", False):
+                    setattr(cls, name, _checked_call(method, position))
 
     @abc.abstractmethod
     def __call__(self, t: RealScalarLike, y: Y, args: Args) -> Y:
@@ -65,6 +113,17 @@ class AbstractFlow(eqx.Module):
         point. `None` (the default): no such limit is known, or under `jit`.
         """
         del params, args, t
+        return None
+
+    def cost_advice(self, params: Y) -> str | None:
+        r"""Why solving this flow from `params` costs far more than it needs to, or `None`.
+
+        `driftlab.local_error`, `global_error`, `drift` and `order_of_accuracy` warn
+        with it (`driftlab.CostWarning`) before solving, and show that solve's progress:
+        a field that forms a dense matrix at every evaluation names its matrix-free
+        option here. `None` (the default): nothing to advise.
+        """
+        del params
         return None
 
     def modified_loss(self, y: Y, args: Args) -> Scalar:

@@ -107,8 +107,10 @@ def sgd_without_replacement_loss(loss: Loss, h: RealScalarLike) -> Loss:
     the weights are constant and the extra step is
     $-h\nabla\frac{1}{4}\operatorname{tr}\Sigma$ per unit time, i.e. the
     regulariser `sgd_variance_regulariser` on top of IGR. This function returns
-    that small-$h\lambda$ form, which equals `sgd_loss(loss, h)`; the
-    $h\lambda = O(1)$ weighting is not implemented.
+    that small-$h\lambda$ form, which equals `sgd_loss(loss, h)`. For
+    $h\lambda = O(1)$ see `sgd_without_replacement_correction` (the exact
+    second-order mean epoch) and `sgd_without_replacement_regulariser` (the
+    paper's weighted-trace regulariser).
     """
     loss = _checked_loss(loss)
     h = check_step_size(h)

@@ -22,6 +22,9 @@ from ._maps import (
     SimultaneousGD as SimultaneousGD,
 )
 from ._random import (
+    AbstractRandomBatchMap as AbstractRandomBatchMap,
+    RandomBatch as RandomBatch,
+    RandomBatchMapState as RandomBatchMapState,
     RandomBatchSGD as RandomBatchSGD,
     RandomBatchState as RandomBatchState,
 )

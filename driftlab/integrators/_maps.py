@@ -13,6 +13,7 @@ import optax
 from jaxtyping import Array, Float
 
 from .._custom_types import Args, RealScalarLike, Scalar, Y
+from .._errors import check_factory
 from .._tree import grad as _grad, split, tree_axpy as _axpy
 from ._optax import check_update
 
@@ -496,6 +497,14 @@ class OptaxStepMap(_AbstractParamsInStateMap):
 
     loss: Loss
     make_optimiser: Callable[[RealScalarLike], optax.GradientTransformation]
+
+    def __check_init__(self):
+        check_factory(
+            self.make_optimiser,
+            "make_optimiser",
+            optax.GradientTransformation,
+            "lambda h: optax.adam(h)",
+        )
 
     def __call__(self, y: OptaxState, h: RealScalarLike, args: Args) -> OptaxState:
         optimiser = self.make_optimiser(h)

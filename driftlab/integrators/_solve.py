@@ -31,7 +31,7 @@ class _Solution(eqx.Module):
 
 
 @eqx.filter_jit
-def _diffeqsolve(flow, y0, t0, t1, ts, args, rtol, atol, max_steps):
+def _diffeqsolve(flow, y0, t0, t1, ts, args, rtol, atol, max_steps, progress=False):
     # At trace time only (once per compilation): the flow must return y0's structure.
     name = type(flow.flow if isinstance(flow, _OnArrays) else flow).__name__
     field_shape = abstract_output(flow, name, t0, y0, args)
@@ -56,6 +56,8 @@ def _diffeqsolve(flow, y0, t0, t1, ts, args, rtol, atol, max_steps):
         stepsize_controller=controller,
         max_steps=max_steps,
         throw=False,
+        # Printed from the compiled solve as it advances (a bool is static: its own compile).
+        progress_meter=diffrax.TextProgressMeter(0.1) if progress else diffrax.NoProgressMeter(),
     )
     # Unstacking and the success test happen here, not eagerly after the call: each eager
     # op costs a dispatch, which for small states is comparable to the whole solve.
@@ -121,6 +123,7 @@ def solve(
     rtol: float = DEFAULT_RTOL,
     atol: float = DEFAULT_ATOL,
     max_steps: int = 100_000,
+    progress: bool = False,
 ) -> Y:
     r"""Solve $\dot y = f(t, y, \text{args})$ from `t0` to `t1` with diffrax.
 
@@ -137,6 +140,8 @@ def solve(
       solver steps exactly to each, so they carry the full accuracy of the steps.
     - `args`: passed to the flow.
     - `t0`, `rtol`, `atol`, `max_steps`: the solver's settings.
+    - `progress`: print the fraction of `[t0, t1]` done, every 10% (for long solves, e.g.
+      a dense field on a model).
 
     **Returns:** the state at `t1`, or, when `ts` is given, the states at `ts`
     stacked along a new leading axis.
@@ -174,6 +179,7 @@ def solve(
             rtol,
             atol,
             max_steps,
+            progress,
         )
     except eqx.EquinoxRuntimeError as error:
         message = runtime_error_message(error)

@@ -1,9 +1,10 @@
 """What the suites share: progress lines, Markdown tables, atomic text files, command lines."""
 
 import math
-import os
 import sys
 import time
+
+from driftlab._io import atomic_path
 
 
 class Progress:
@@ -49,12 +50,10 @@ def markdown_table(headers, rows) -> str:
 
 
 def write_text_atomic(text: str, path: str) -> str:
-    """Write `text` through a temporary file and `os.replace`, like `driftlab._io`'s JSON."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    temporary = f"{path}.tmp"
-    with open(temporary, "w") as file:
+    """Write `text` through a temporary file and `os.replace`, like `driftlab._io`'s JSON
+    (so a Markdown report gets the same file mode as its JSON)."""
+    with atomic_path(path, ".tmp") as temporary, open(temporary, "w") as file:
         file.write(text)
-    os.replace(temporary, path)
     return path
 
 

@@ -5,6 +5,7 @@ from ._cases import (
     DEEP_LINEAR_H as DEEP_LINEAR_H,
     DEEP_LINEAR_SCALE as DEEP_LINEAR_SCALE,
     flow_factories as flow_factories,
+    PRESET_GUIDE as PRESET_GUIDE,
     presets as presets,
 )
 from ._measure import (
@@ -19,7 +20,12 @@ from ._measure import (
     RTOL as RTOL,
     verdicts as verdicts,
 )
-from ._report import figures as figures, markdown as markdown, report as report
+from ._report import (
+    figures as figures,
+    markdown as markdown,
+    report as report,
+    summary as summary,
+)
 from ._runs import (
     CENTRAL_BASELINE as CENTRAL_BASELINE,
     main as main,

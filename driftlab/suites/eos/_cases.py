@@ -15,6 +15,28 @@ import driftlab as dl
 #: progressively; at h = 0.06 GD settles on a period-2 orbit whose midpoint hovers at 2/h.
 DEEP_LINEAR_SCALE = 0.85
 DEEP_LINEAR_H = 0.06
+#: Per preset: its running time (2 CPU cores) and what it is for, in words for a
+#: first run (`driftlab bench --help` and the suite's first and last lines print them).
+PRESET_GUIDE = {
+    "smoke": (
+        "about 30 s",
+        "a check that the suite runs end to end (GD, flow windows, verdict, report) on a "
+        "small fc network. Its 30 and 40 GD steps end before the sharpness reaches 2/h, so "
+        "expect 0 of 2 runs at the edge of stability and no findings: run --preset fast "
+        "for the edge itself",
+    ),
+    "fast": (
+        "about 15 minutes",
+        "the field's three networks (fc on digits, a CNN on mnist1d, a deep linear network) "
+        "taken to the edge of stability, with Cohen et al.'s findings measured; the results "
+        "in the documentation",
+    ),
+    "full": (
+        "hours",
+        "the fast preset's networks on more data, more steps and learning rates, and more "
+        "flows per window",
+    ),
+}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,13 +1,14 @@
 """The edge-of-stability suite's report: the verdict and tables in Markdown, the figures, JSON."""
 
 import os
-import sys
+import textwrap
 
 import numpy as np
 
 from driftlab._io import write_json_atomic
 
 from .._output import fmt, markdown_table, write_text_atomic
+from ._cases import PRESET_GUIDE
 from ._measure import _values, overall_verdict
 
 
@@ -219,5 +220,26 @@ def report(result, output) -> dict:
     result["figures"] = figures(result, output)
     write_json_atomic(result, os.path.join(output, "eos.json"))
     write_text_atomic(markdown(result), os.path.join(output, "eos.md"))
-    print(f"verdict: {result['verdict']}", file=sys.stderr)
+    print(summary(result), flush=True)
     return result
+
+
+def summary(result) -> str:
+    """The verdict in words: how many runs reached the edge, which findings hold there."""
+    verdict = result["verdict"]
+    reached, total = verdict["runs_reaching_eos"].split("/")
+    lines = [f"{reached} of {total} runs reached the edge of stability (sharpness 2/h)."]
+    if reached == "0":
+        lines.append("No finding could be measured: each needs a run at the edge.")
+        if result["preset"] == "smoke":
+            lines.append(f"As expected: the smoke preset is {PRESET_GUIDE['smoke'][1]}.")
+    else:
+        findings = [key for key in verdict if key not in ("runs_reaching_eos", "measured_on")]
+        measured = [k for k in findings if not verdict["measured_on"][k].startswith("0/")]
+        holds = [k for k in measured if verdict[k]]
+        fails = [k for k in measured if not verdict[k]]
+        lines.append(f"Findings that hold on every run at the edge: {', '.join(holds) or 'none'}.")
+        if fails:
+            lines.append(f"Findings that fail on some run: {', '.join(fails)}.")
+    lines.append("Tables and figures: eos.md in the output directory.")
+    return "\n".join(textwrap.fill(line, 88) for line in lines)

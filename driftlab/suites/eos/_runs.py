@@ -23,6 +23,7 @@ import dataclasses
 import json
 import os
 import sys
+import textwrap
 import time
 
 import equinox as eqx
@@ -34,7 +35,7 @@ import driftlab as dl
 from driftlab._io import DEFAULT_OUTPUT, machine_info
 
 from .._output import command_line, Progress
-from ._cases import flow_factories, presets
+from ._cases import flow_factories, PRESET_GUIDE, presets
 from ._measure import (
     HOVER_BAND,
     LEAVE_FACTOR,
@@ -126,6 +127,17 @@ def window_starts(checkpoints, onset, case, window=None, first_after=None):
     return pick(before), pick(after)
 
 
+def _onset_in_words(checkpoints, h, onset, oscillating) -> str:
+    if onset is None:
+        highest = max(h * p["sharpness"] / 2 for p in checkpoints)
+        return (
+            f"the sharpness stayed below 2/h over {checkpoints[-1]['step']} steps (h S / 2 at "
+            f"most {highest:.3f}): no edge of stability"
+        )
+    rises = "" if oscillating is None else f", the loss first rose at step {oscillating}"
+    return f"the sharpness reached 2/h at step {onset}{rises}"
+
+
 def run_case(case, progress):
     problem = case.make_problem()
     num_params = int(sum(np.size(x) for x in jtu.tree_leaves(problem.params)))
@@ -142,7 +154,9 @@ def run_case(case, progress):
         losses, checkpoints = run_gd(problem, h, gd_only.get(h, case), progress)
         onset = onset_step(checkpoints, h)
         oscillating = oscillation_step(losses, onset)
-        progress(f"{case.name} h={h:g}: GD done, onset {onset}, loss rises from {oscillating}")
+        progress(
+            f"{case.name} h={h:g}: GD done; {_onset_in_words(checkpoints, h, onset, oscillating)}"
+        )
         by_step = {p["step"]: p for p in checkpoints}
         before, after = ([], []) if h in gd_only else window_starts(checkpoints, onset, case)
         windows = {name: [] for name in flows}
@@ -246,6 +260,9 @@ def run(
         cases = [
             dataclasses.replace(c, flows=tuple(f for f in c.flows if f in flows)) for c in cases
         ]
+    duration, purpose = PRESET_GUIDE[preset]
+    guide = f"EoS suite, {preset} preset ({duration} on 2 CPU cores): {purpose}."
+    print(textwrap.fill(guide, 88), flush=True)
     progress = Progress()
     cpu_start = time.process_time()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None

@@ -11,6 +11,7 @@ from ._cases import (
     paired_flows as paired_flows,
     preconditioned_curvature as preconditioned_curvature,
     Preset as Preset,
+    PRESET_GUIDE as PRESET_GUIDE,
     PRESETS as PRESETS,
     Scale as Scale,
     SCALES as SCALES,

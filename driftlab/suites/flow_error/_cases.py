@@ -249,6 +249,26 @@ def _full_cases() -> tuple[Case, ...]:
     return tuple(cases)
 
 
+#: Per preset: its running time (2 CPU cores) and what it is for, in words for a
+#: first run (`driftlab bench --help` prints them).
+PRESET_GUIDE = {
+    "smoke": (
+        "under a minute",
+        "a check that the sweep runs end to end: GD on the quadratic against four flows at "
+        "six step sizes, slopes and tracking limits included",
+    ),
+    "fast": (
+        "about 20 minutes",
+        "every problem and optimiser against its paired flows on its own step-size scale; "
+        "the results in the documentation",
+    ),
+    "full": (
+        "hours",
+        "16 step sizes, every paired flow, ModifiedFlow orders 1 to 6, longer drift",
+    ),
+}
+
+
 PRESETS = {
     "smoke": Preset(
         cases=(

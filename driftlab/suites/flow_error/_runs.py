@@ -41,6 +41,7 @@ import dataclasses
 import json
 import os
 import sys
+import textwrap
 import time
 import warnings
 from collections.abc import Callable
@@ -68,6 +69,7 @@ from ._cases import (
     GLOBAL_FIT_MAX,
     paired_flows,
     Preset,
+    PRESET_GUIDE,
     PRESETS,
     SCALES,
     started,
@@ -570,6 +572,9 @@ def run(
             f"no case {sorted(unknown)} in preset {preset_name!r}; its cases: "
             f"{[case.name for case in preset.cases]}."
         )
+    duration, purpose = PRESET_GUIDE[preset_name]
+    guide = f"Flow sweep, {preset_name} preset ({duration} on 2 CPU cores): {purpose}."
+    print(textwrap.fill(guide, 88), flush=True)
     start, cpu_start = time.perf_counter(), time.process_time()
     progress = Progress()
     notes: list[str] = []
