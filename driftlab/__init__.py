@@ -26,6 +26,8 @@ from ._errors import (
 )
 from .analysis import (
     batch_sharpness as batch_sharpness,
+    boundary_layer as boundary_layer,
+    BoundaryLayer as BoundaryLayer,
     drift as drift,
     global_error as global_error,
     GradientStructure as GradientStructure,
@@ -69,23 +71,34 @@ from .flows import (
 )
 from .integrators import (
     AbstractEulerStepMap as AbstractEulerStepMap,
+    AbstractSchedule as AbstractSchedule,
     AbstractStepMap as AbstractStepMap,
     Adam as Adam,
+    AdamODE as AdamODE,
     AlternatingGD as AlternatingGD,
+    CosineSchedule as CosineSchedule,
     ExplicitEuler as ExplicitEuler,
+    ExponentialSchedule as ExponentialSchedule,
+    FunctionSchedule as FunctionSchedule,
     GradientDescent as GradientDescent,
     HeavyBall as HeavyBall,
     iterate as iterate,
+    KinkWarning as KinkWarning,
     Nesterov as Nesterov,
+    OptaxSchedule as OptaxSchedule,
     OptaxStepMap as OptaxStepMap,
     OrderAveragedSGDEpoch as OrderAveragedSGDEpoch,
+    PolynomialSchedule as PolynomialSchedule,
     RandomBatch as RandomBatch,
     RandomBatchSGD as RandomBatchSGD,
     RMSProp as RMSProp,
+    Scheduled as Scheduled,
+    ScheduledState as ScheduledState,
     SGD as SGD,
     SGDEpoch as SGDEpoch,
     SimultaneousGD as SimultaneousGD,
     solve as solve,
+    WarmupCosineSchedule as WarmupCosineSchedule,
 )
 
 

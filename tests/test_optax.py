@@ -103,6 +103,14 @@ TABLE: dict[str, tuple[Callable, Callable | str]] = {
         r"time-dependent step.*exponential_decay",
     ),
     "novograd": (lambda h: optax.novograd(h), r"time-dependent step"),
+    "adamw+warmup_cosine_decay_schedule (lengths in steps)": (
+        lambda h: optax.adamw(optax.warmup_cosine_decay_schedule(0.0, h, 100, 1000)),
+        r"tests `h` or the state in Python.*OptaxSchedule",
+    ),
+    "sgd+linear_schedule (lengths in steps)": (
+        lambda h: optax.sgd(optax.linear_schedule(0.0, h, 100)),
+        r"time-dependent step.*Scheduled",
+    ),
 }
 
 

@@ -1,5 +1,6 @@
 """Measuring drift: local and global errors, drift along a run, orders, spectra."""
 
+from ._boundary import boundary_layer as boundary_layer, BoundaryLayer as BoundaryLayer
 from ._error import (
     Drift as Drift,
     drift as drift,

@@ -19,6 +19,7 @@ from .._tree import array_leaves, split, tree_norm, tree_sub
 from ..flows import AbstractFlow
 from ..integrators import AbstractStepMap, advance, iterate, solve
 from ..integrators._iterate import check_state
+from ..integrators._schedules import check_kinks
 from ..integrators._solve import DEFAULT_ATOL, DEFAULT_RTOL
 from ._spectra import stability_index
 
@@ -72,10 +73,22 @@ def _flow_time(step, h, args, num_steps):
     return float(step.duration(h, args)) * num_steps
 
 
+def _at_time(step, y0) -> dict:
+    """`{"t": tau}` for a time-dependent map's state, passed to its flow's state methods."""
+    tau = step.time(y0)
+    return {} if tau is None else {"t": tau}
+
+
+def start_time(step, y0) -> float:
+    r"""Where the flow of `step` starts from `y0`: its time $\tau$ (0 for autonomous maps)."""
+    tau = step.time(y0)
+    return 0.0 if tau is None else float(tau)
+
+
 def starting_state(step, flow, y0, args, on_slow_manifold: bool):
     """`y0`, or the state over its parameters on the flow's slow manifold (`flow.slow_state`)."""
     if on_slow_manifold and isinstance(flow, AbstractFlow):
-        state = flow.slow_state(step.parameters(y0), args)
+        state = flow.slow_state(step.parameters(y0), args, **_at_time(step, y0))
         if state is not None:
             check_same_structure(state, y0, f"{type(flow).__name__}.slow_state", "y0")
             return state
@@ -85,7 +98,7 @@ def starting_state(step, flow, y0, args, on_slow_manifold: bool):
 def region_problem(step, flow, y0, args) -> str | None:
     """Why `flow` does not describe `step` at the parameters of `y0` (`flow.outside_region`)."""
     if isinstance(flow, AbstractFlow):
-        return flow.outside_region(step.parameters(y0), args)
+        return flow.outside_region(step.parameters(y0), args, **_at_time(step, y0))
     return None
 
 
@@ -110,9 +123,13 @@ def _compare(
     params0 = step.parameters(y0)
     y_map = step.parameters(advance(step, y0, h, num_steps, args))
     t = _flow_time(step, h, args, num_steps)
+    t0 = start_time(step, y0)
+    check_kinks(step, t0, t0 + t)
     # A solve the flow itself calls costly shows its progress (every 10% of the time).
     start = _flow_start(params0, complex_state)
-    y_flow = solve(flow, start, t, args=args, rtol=rtol, atol=atol, progress=advice is not None)
+    y_flow = solve(
+        flow, start, t0 + t, args=args, t0=t0, rtol=rtol, atol=atol, progress=advice is not None
+    )
     check_same_structure(y_flow, params0, "flow(t, y, args)", "the parameters of y0")
     difference = tree_sub(y_map, y_flow)
     if any(jnp.iscomplexobj(leaf) for leaf in jtu.tree_leaves(difference)):
@@ -256,10 +273,14 @@ def drift(
     h = _checked_inputs(step, flow, y0, h)
     y0 = starting_state(step, flow, y0, args, on_slow_manifold)
     ys = split(step.parameters(iterate(step, y0, h, n, args)))[0]
-    times = np.arange(n + 1) * float(step.duration(h, args))
+    t0 = start_time(step, y0)
+    times = t0 + np.arange(n + 1) * float(step.duration(h, args))
+    check_kinks(step, t0, times[-1])
     params0 = step.parameters(y0)
     start = _flow_start(params0, complex_state)
-    flow_ys = split(solve(flow, start, times[-1], ts=times, args=args, rtol=rtol, atol=atol))[0]
+    flow_ys = split(
+        solve(flow, start, times[-1], ts=times, args=args, t0=t0, rtol=rtol, atol=atol)
+    )[0]
     per_time = lambda tree: np.array(
         [float(tree_norm(jtu.tree_map(lambda leaf: jnp.real(leaf[k]), tree))) for k in range(n + 1)]
     )

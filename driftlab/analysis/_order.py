@@ -19,8 +19,16 @@ from .._errors import (
 )
 from ..flows import AbstractFlow
 from ..integrators import AbstractStepMap
+from ..integrators._schedules import kink_message, kinks_between, KinkWarning
 from ..integrators._solve import DEFAULT_ATOL, DEFAULT_RTOL
-from ._error import _checked_inputs, _compare, _num_steps, region_problem, warn_if_unstable
+from ._error import (
+    _checked_inputs,
+    _compare,
+    _num_steps,
+    region_problem,
+    start_time,
+    warn_if_unstable,
+)
 
 
 #: The fewest usable points a slope may be fitted to.
@@ -52,6 +60,9 @@ class OrderEstimate(eqx.Module):
     - `stability_index`: $\max|1 - \mu|$ of the map's Jacobian at the largest
       `h` ($h\lambda_{max}$ for GD); at 2 or more the fit is not meaningful.
     - `map_name`, `flow_name`, `t_end`.
+    - `remarks`: what limits the whole sweep, e.g. a time-dependent map's schedule
+      kink inside the measured interval (the flow is piecewise there: one step
+      across it has local error $O(h^2)$, so global orders are capped at 2).
     """
 
     kind: str = eqx.field(static=True)
@@ -68,6 +79,7 @@ class OrderEstimate(eqx.Module):
     stability_index: float
     t_end: float | None = None
     notes: tuple[str, ...] = ()
+    remarks: tuple[str, ...] = ()
 
     def _notes(self) -> tuple[str, ...]:
         return self.notes or ("",) * len(self.hs)
@@ -103,6 +115,7 @@ class OrderEstimate(eqx.Module):
             "expected": self.expected,
             "stability_index": self.stability_index,
             "excluded": self.excluded,
+            "remarks": list(self.remarks),
         }
 
     def to_json(self) -> str:
@@ -121,6 +134,7 @@ class OrderEstimate(eqx.Module):
             f"slope {self.slope:.3f} +- {self.slope_stderr:.3f} (expected {self.expected:g}); "
             f"max |1 - mu| at largest h: {self.stability_index:.3g}"
         )
+        lines.extend(f"note: {remark}" for remark in self.remarks)
         return "\n".join(lines)
 
 
@@ -193,7 +207,8 @@ def order_of_accuracy(
     - `kind`: `"local"` or `"global"`; `t_end`: the time of a global
       measurement (required then).
     - `expected`: the slope to compare with; defaults to the flow's `order`
-      plus 2 (local) or 1 (global).
+      plus 2 (local) or 1 (global), at most 2 for a global measurement that
+      crosses a schedule's kink (`remarks`).
     - `on_slow_manifold`: start the map, at each `h`, from
       `make_flow(h).slow_state(params(y0), args)` where the flow defines one
       (momentum and adaptive maps), as `local_error` does.
@@ -219,6 +234,7 @@ def order_of_accuracy(
     check_factory(make_flow, "make_flow", AbstractFlow, example)
     first_flow = make_flow(float(grid[0]))
     _checked_inputs(step, first_flow, y0, grid[0])
+    expected_given = expected
     if expected is None:
         order = getattr(first_flow, "order", None)
         if order is None:
@@ -226,21 +242,27 @@ def order_of_accuracy(
         expected = order + (2 if kind == "local" else 1)
     index = warn_if_unstable(step, y0, float(grid[-1]), args) if check_stability else math.nan
     errors, floors, notes = [], [], []
-    for i, h in enumerate(grid):
-        h = float(h)
-        flow = first_flow if i == 0 else make_flow(h)
-        num_steps = 1 if kind == "local" else _num_steps(step, h, args, t_end)
-        problem = region_problem(step, flow, y0, args)
-        if problem is None:
-            m = _compare(step, flow, y0, h, num_steps, args, rtol, atol, on_slow_manifold)
-            errors.append(m.error)
-            floors.append(m.floor)
-        else:
-            errors.append(math.nan)
-            floors.append(math.nan)
-        notes.append(problem or "")
-        if progress is not None:
-            progress(i + 1, grid.size, h)
+    remarks = _kink_remarks(step, y0, grid, kind, args, t_end)
+    if remarks and kind == "global" and expected_given is None:
+        expected = min(expected, 2.0)  # one step across a kink: local error O(h^2)
+    with warnings.catch_warnings():
+        # Crossing a kink is said once, above and in `remarks`, not once per point.
+        warnings.simplefilter("ignore", KinkWarning)
+        for i, h in enumerate(grid):
+            h = float(h)
+            flow = first_flow if i == 0 else make_flow(h)
+            num_steps = 1 if kind == "local" else _num_steps(step, h, args, t_end)
+            problem = region_problem(step, flow, y0, args)
+            if problem is None:
+                m = _compare(step, flow, y0, h, num_steps, args, rtol, atol, on_slow_manifold)
+                errors.append(m.error)
+                floors.append(m.floor)
+            else:
+                errors.append(math.nan)
+                floors.append(math.nan)
+            notes.append(problem or "")
+            if progress is not None:
+                progress(i + 1, grid.size, h)
     errors, floors = np.array(errors), np.array(floors)
     outside = np.array([bool(note) for note in notes])
     used = above_floor(errors, floors)
@@ -289,4 +311,20 @@ def order_of_accuracy(
         stability_index=index,
         t_end=None if t_end is None or kind == "local" else float(t_end),
         notes=tuple(notes),
+        remarks=remarks,
     )
+
+
+def _kink_remarks(step, y0, grid, kind, args, t_end) -> tuple[str, ...]:
+    """A remark (and one `KinkWarning`) when some point's interval crosses a kink."""
+    t0 = start_time(step, y0)
+    crossed = set()
+    for h in grid:
+        num_steps = 1 if kind == "local" else _num_steps(step, float(h), args, t_end)
+        end = t0 + num_steps * float(step.duration(float(h), args))
+        crossed.update(kinks_between(step, t0, end))
+    if not crossed:
+        return ()
+    remark = kink_message(tuple(sorted(crossed)))
+    warn_at_caller(remark + ".", KinkWarning)
+    return (remark,)

@@ -7,7 +7,18 @@ from .. import _registry
 from .._errors import InputError
 from .._io import checked_output_dir, machine_info, write_json_atomic
 from ..analysis._order import FLOOR_MARGIN
-from ._common import _grid_size, _nonnegative_int, _positive, _progress, _step_grid, DEFAULT_OUTPUT
+from ._common import (
+    _checked,
+    _grid_size,
+    _nonnegative_int,
+    _positive,
+    _progress,
+    _step_grid,
+    DEFAULT_OUTPUT,
+)
+
+
+_nonnegative_float = _checked(float, lambda x: 0 <= x < float("inf"), "finite and >= 0")
 
 
 #: Printed under the tables: what their two less obvious columns mean.
@@ -50,6 +61,7 @@ def order(args, title=None):
     flows = args.flow or optimiser.flows[:2]
     make_flows = [_registry.lookup(_registry.FLOWS, "flow", name) for name in flows]
     optimiser.check_pairing(args.problem, flows)
+    schedule = _schedule(args, flows)
     record = {
         "command": args.command,
         "command_line": args.command_line,
@@ -62,9 +74,14 @@ def order(args, title=None):
         "order": args.order,
         "h": hs.tolist(),
         "t_end": args.t_end,
+        "schedule": None if schedule is None else _schedule_record(args),
     }
     problem = make_problem(seed=args.seed)
     step, y0, data = optimiser.build(problem, hyper)
+    if schedule is not None:
+        from ..integrators import Scheduled, ScheduledState
+
+        step, y0 = Scheduled(step, schedule), ScheduledState(y0, args.start)
     estimates = []
     for flow_name, make_flow in zip(flows, make_flows):
         for kind in args.kind:
@@ -82,6 +99,42 @@ def order(args, title=None):
                 )
             )
     _report(estimates, record, args, title or f"{args.optimiser} on {args.problem}")
+
+
+#: `--schedule` values: the driftlab schedule each builds from the lengths in time.
+SCHEDULES = ("warmup-cosine", "cosine")
+
+
+def _schedule(args, flows):
+    """The schedule of `--schedule` (lengths in time), or `None`; one-line errors."""
+    if args.schedule is None:
+        for name in ("warmup", "horizon"):
+            if getattr(args, name) is not None:
+                raise InputError(f"`--{name}` needs `--schedule` (one of {', '.join(SCHEDULES)}).")
+        return None
+    from ..integrators import CosineSchedule, WarmupCosineSchedule
+
+    if flows != ["modified"]:
+        raise InputError(
+            "`--schedule`: only `--flow modified` (the automatic modified flow) follows a "
+            f"schedule; the literature flows {', '.join(f for f in flows if f != 'modified')} "
+            "assume a constant step."
+        )
+    if args.horizon is None:
+        raise InputError(f"`--schedule {args.schedule}` needs `--horizon` (a time, tau = n h).")
+    if args.schedule == "cosine":
+        if args.warmup is not None:
+            raise InputError("`--warmup` is for `--schedule warmup-cosine`, not `cosine`.")
+        return CosineSchedule(args.horizon)
+    if args.warmup is None:
+        raise InputError("`--schedule warmup-cosine` needs `--warmup` (a time, tau = n h).")
+    # A warmup from 0 has rate 0 at tau = 0; start it at a tenth of the peak so that the
+    # first steps move.
+    return WarmupCosineSchedule(args.warmup, args.horizon, init=0.1)
+
+
+def _schedule_record(args) -> dict:
+    return {"name": args.schedule, "warmup": args.warmup, "horizon": args.horizon}
 
 
 def _report(estimates, record, args, title):
@@ -180,4 +233,21 @@ def register(commands) -> None:
         "--output", default=DEFAULT_OUTPUT, help="directory for STEM.json and STEM.png"
     )
     parser.add_argument("--stem", default="order", help="file name of the results")
+    parser.add_argument(
+        "--schedule",
+        choices=SCHEDULES,
+        help="a learning-rate schedule in continuous time tau = n h (step n uses the rate "
+        "h sigma(n h)); needs --flow modified (default: none, a constant step)",
+    )
+    parser.add_argument(
+        "--warmup", type=_positive, help="warmup length, a time tau = n h (default: none)"
+    )
+    parser.add_argument(
+        "--horizon",
+        type=_positive,
+        help="end of the cosine decay, a time tau = n h (default: none)",
+    )
+    parser.add_argument(
+        "--start", type=_nonnegative_float, default=0.0, help="the time tau the map starts at"
+    )
     parser.set_defaults(func=order)

@@ -86,7 +86,7 @@ class AbstractFlow(eqx.Module):
     def __call__(self, t: RealScalarLike, y: Y, args: Args) -> Y:
         """**Returns:** $f_h(y)$, with the PyTree structure of `y`."""
 
-    def slow_state(self, params: Y, args: Args) -> Y | None:
+    def slow_state(self, params: Y, args: Args, *, t: RealScalarLike | None = None) -> Y | None:
         r"""The optimiser state over `params` on this flow's slow manifold, or `None`.
 
         Maps with auxiliary state (momentum, Adam moments) follow a flow of the
@@ -94,11 +94,14 @@ class AbstractFlow(eqx.Module):
         return the full map state there, and the measurements in
         `driftlab.analysis` start the map from it. `None` (the default) means the
         flow has no auxiliary state to place: the given state is used as it is.
+        `t`: the time $\tau$ of a time-dependent map's state (`driftlab.Scheduled`).
         """
-        del params, args
+        del params, args, t
         return None
 
-    def outside_region(self, params: Y, args: Args) -> str | None:
+    def outside_region(
+        self, params: Y, args: Args, *, t: RealScalarLike | None = None
+    ) -> str | None:
         r"""Why this flow does not describe its map at `params` and its `h`, or `None`.
 
         Flows of maps with auxiliary state (momentum, Adam, RMSProp) live on a
@@ -109,7 +112,7 @@ class AbstractFlow(eqx.Module):
         `driftlab.local_error`, `global_error` and `order_of_accuracy` refuse the
         point. `None` (the default): no such limit is known, or under `jit`.
         """
-        del params, args
+        del params, args, t
         return None
 
     def cost_advice(self, params: Y) -> str | None:

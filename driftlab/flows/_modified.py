@@ -9,19 +9,25 @@ import jax.numpy as jnp
 import jax.tree_util as jtu
 from jaxtyping import Array, Float
 
-from .._custom_types import Args, Scalar, Y
+from .._custom_types import Args, RealScalarLike, Scalar, Y
 from .._errors import InputError
 from .._tree import ravel, split, tree_scale, zeros_like
 from ..integrators import AbstractEulerStepMap, AbstractStepMap
 from ..integrators._iterate import check_parameters
 from ..integrators._layout import state_layout
+from ..integrators._schedules import check_time
 from ..integrators._validity import (
     has_auxiliary_state,
     is_concrete,
     region_problem,
     warn_outside_region,
 )
-from ._base import AbstractSeriesFlow, require_gradient_field, segment_potential
+from ._base import (
+    AbstractSeriesFlow,
+    require_gradient_field,
+    segment_potential,
+    series_in_h,
+)
 from ._taylor import (
     checked,
     CONSISTENCY_TOLERANCE,
@@ -159,6 +165,14 @@ class ModifiedFlow(AbstractSeriesFlow):
                 f"{type(self.step_map).__name__}."
             )
 
+    def __call__(self, t: RealScalarLike, y: Y, args: Args) -> Y:
+        r"""$f_h(t, y)$: for a time-dependent map (`step_map.time` not `None`) at $\tau = t$.
+
+        Autonomous maps ignore `t`. (Overrides `AbstractSeriesFlow.__call__`, which
+        drops `t`: the one series flow whose coefficients depend on time.)
+        """
+        return series_in_h(self.coefficients(y, args, t=t), self.h)
+
     def check_order_fits(self, params: Y, args: Args) -> None:
         r"""Raise `InputError` if this `order` would not trace and compile in reasonable time.
 
@@ -190,8 +204,12 @@ class ModifiedFlow(AbstractSeriesFlow):
                 f"{largest}. The alternating sums also lose about 0.3 digits per order."
             )
 
-    def coefficients(self, y: Y, args: Args) -> list[Y]:
+    def coefficients(self, y: Y, args: Args, *, t: RealScalarLike | None = None) -> list[Y]:
         r"""$[f_0(y), \dots, f_p(y)]$, each with the PyTree structure of the parameters `y`.
+
+        For a time-dependent map (`driftlab.Scheduled`, `driftlab.AdamODE`) the
+        coefficients are those at time $\tau = t$ (default: the map's initial time,
+        $\tau = 0$); autonomous maps ignore `t`.
 
         **Raises:** `InputError` if `y` is an optimiser state instead of the
         parameters, if the map is not the identity in the
@@ -204,15 +222,18 @@ class ModifiedFlow(AbstractSeriesFlow):
         check_parameters(self.step_map, y, args)
         self.step_map.check_expansion(y, self.h, args)
         self.check_order_fits(y, args)
-        warn_outside_region(self.outside_region(y, args))
+        t = check_time(self.step_map, t, y, args)
+        warn_outside_region(self.outside_region(y, args, t=t))
         # Fields have the parameters' structure with `None` at a model's static leaves.
-        return checked(*_expand(self, y, args, "coefficients"))
+        return checked(*_expand(self, y, args, "coefficients", t))
 
-    def slow_state(self, params: Y, args: Args) -> Y:
+    def slow_state(self, params: Y, args: Args, *, t: RealScalarLike | None = None) -> Y:
         r"""The map's full state over `params` on the slow manifold, to $O(h^{p+1})$.
 
         $a(\theta) = a_0 + h a_1 + \dots + h^p a_p$ with `h = self.h`; for maps
         without auxiliary state this is `step_map.init(params, args)`.
+
+        A time-dependent map's state is placed at time $\tau = t$.
 
         **Warns:** `StabilityWarning` where the map has no slow manifold at this
         `h` (see `outside_region`; checked only outside `jit`).
@@ -222,17 +243,20 @@ class ModifiedFlow(AbstractSeriesFlow):
         check_parameters(self.step_map, params, args, "params")
         self.step_map.check_expansion(params, self.h, args)
         self.check_order_fits(params, args)
-        state = self._slow_state(params, args)
+        t = check_time(self.step_map, t, params, args)
+        state = self._slow_state(params, args, t)
         warn_outside_region(region_problem(self.step_map, state, self.h, args))
         return state
 
-    def _slow_state(self, params: Y, args: Args) -> Y:
-        state, flags = _expand(self, params, args, "slow_state")
+    def _slow_state(self, params: Y, args: Args, t=None) -> Y:
+        state, flags = _expand(self, params, args, "slow_state", t)
         state = checked(state, flags[:3])
         layout = state_layout(self.step_map, self.step_map.init(params, args), params, args)
         return layout.unravel(state)
 
-    def outside_region(self, params: Y, args: Args) -> str | None:
+    def outside_region(
+        self, params: Y, args: Args, *, t: RealScalarLike | None = None
+    ) -> str | None:
         r"""Whether the map's slow manifold exists at `params` and `h`, measured.
 
         The eigenvalues of the map's Jacobian at its fixed point over `params`
@@ -244,7 +268,7 @@ class ModifiedFlow(AbstractSeriesFlow):
             return None
         if not has_auxiliary_state(self.step_map, self.step_map.init(params, args)):
             return None
-        state = ModifiedFlow(self.step_map, self.h, 0)._slow_state(params, args)
+        state = ModifiedFlow(self.step_map, self.h, 0)._slow_state(params, args, t)
         return region_problem(self.step_map, state, self.h, args)
 
     def modified_loss(self, y: Y, args: Args, *, reference: Y | None = None) -> Scalar:
@@ -274,13 +298,16 @@ class ModifiedFlow(AbstractSeriesFlow):
 
 
 @eqx.filter_jit
-def _expand(flow: ModifiedFlow, params: Y, args: Args, what: str):
+def _expand(flow: ModifiedFlow, params: Y, args: Args, what: str, t=None):
     """The coefficients `[f_0..f_p]` (or the ravelled slow state) and the flags.
 
-    Compiled once per map, order and shapes; `ModifiedFlow` checks the flags.
+    Compiled once per map, order and shapes; `ModifiedFlow` checks the flags. `t`:
+    the time of a time-dependent map's state (`None` for autonomous maps).
     """
     step = flow.step_map
     template = step.init(params, args)
+    if t is not None:
+        template = step.with_time(template, t)
     order = flow.order + 1
     weights = log_weights(order)[1:]
     rate = step.duration(1.0, args)

@@ -28,4 +28,18 @@ from ._random import (
     RandomBatchSGD as RandomBatchSGD,
     RandomBatchState as RandomBatchState,
 )
+from ._schedules import (
+    AbstractSchedule as AbstractSchedule,
+    AdamODE as AdamODE,
+    AdamODEState as AdamODEState,
+    CosineSchedule as CosineSchedule,
+    ExponentialSchedule as ExponentialSchedule,
+    FunctionSchedule as FunctionSchedule,
+    KinkWarning as KinkWarning,
+    OptaxSchedule as OptaxSchedule,
+    PolynomialSchedule as PolynomialSchedule,
+    Scheduled as Scheduled,
+    ScheduledState as ScheduledState,
+    WarmupCosineSchedule as WarmupCosineSchedule,
+)
 from ._solve import solve as solve

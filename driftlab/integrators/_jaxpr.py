@@ -208,7 +208,18 @@ def counter_mask(step, template, args) -> list[bool]:
     def leaves_map(leaves, h):
         return array_leaves(step(eqx.combine(jtu.tree_unflatten(treedef, leaves), static), h, args))
 
-    closed = jax.make_jaxpr(leaves_map)(leaves, jnp.zeros((), jnp.float64))
+    try:
+        closed = jax.make_jaxpr(leaves_map)(leaves, jnp.zeros((), jnp.float64))
+    except (jax.errors.ConcretizationTypeError, jax.errors.TracerIntegerConversionError) as error:
+        # TracerBoolConversionError is a ConcretizationTypeError.
+        raise InputError(
+            f"`step_map`: its update tests `h` or the state in Python ({type(error).__name__}), "
+            "so it is not a smooth family in h; an optax schedule with lengths in steps and "
+            "its peak as h (e.g. optax.warmup_cosine_decay_schedule(0.0, h, 100, 1000)) does "
+            "this. State the schedule in time instead: driftlab.Scheduled(OptaxStepMap(loss, "
+            "lambda lr: optax.adamw(lr)), driftlab.OptaxSchedule(schedule, reference_step, "
+            "num_steps))."
+        ) from None
     counters = [
         i or (s and _is_counter_update(closed.jaxpr, k))
         for k, (i, s) in enumerate(zip(integer, scalar))
@@ -227,7 +238,10 @@ def counter_mask(step, template, args) -> list[bool]:
             f"{names} other than through a bias correction 1/(1 - b**count) "
             f"(first at {first_raw[0] if first_raw else 'an unknown primitive'}): a "
             "learning-rate schedule, or another change of the step with time, makes the "
-            "map non-autonomous, and it has no modified flow. Use a constant step, e.g. "
-            "`OptaxStepMap(loss, lambda h: optax.adam(h))`."
+            "map non-autonomous in the step count, which has no limit as h -> 0. Use a "
+            "constant step, e.g. `OptaxStepMap(loss, lambda h: optax.adam(h))`, and put "
+            "the schedule in time around it: `driftlab.Scheduled(map, schedule)` with a "
+            "driftlab schedule or `driftlab.OptaxSchedule(optax_schedule, reference_step, "
+            "num_steps)`."
         )
     return counters

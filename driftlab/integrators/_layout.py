@@ -22,16 +22,20 @@ BURNED_IN_COUNT = 2**30
 
 
 class Layout(NamedTuple):
-    """Where the parameters and the auxiliary state sit in the ravelled map state.
+    r"""Where the parameters, the clock and the auxiliary state sit in the ravelled map state.
 
     Step counters are not ravelled: `unravel(u)` puts them back at
-    `BURNED_IN_COUNT`, `ravel(state)` leaves them out.
+    `BURNED_IN_COUNT`, `ravel(state)` leaves them out. The continuous time
+    $\tau$ of a time-dependent map (`step.time(state)`) is ravelled and expanded
+    like the parameters ($\tau \mapsto \tau + h$ tends to the identity): it is in
+    `clock_index`, neither a parameter nor auxiliary state.
     """
 
     theta_index: np.ndarray
     aux_index: np.ndarray
     unravel: Callable
     ravel: Callable
+    clock_index: np.ndarray = np.zeros(0, dtype=np.int64)
 
 
 def state_layout(step: AbstractStepMap, template: Y, params: Y, args=None) -> Layout:
@@ -82,8 +86,20 @@ def state_layout(step: AbstractStepMap, template: Y, params: Y, args=None) -> La
             f"leaves of the state: found {positions.size} of {num_params} parameters."
         )
     theta_index = positions[np.argsort(marks[positions])]
-    aux_index = np.setdiff1d(np.arange(size), theta_index)
-    return Layout(theta_index, aux_index, unravel, ravel_state)
+    clock_index = _clock_index(step, eqx.combine(zeros, template_static), counters)
+    aux_index = np.setdiff1d(np.arange(size), np.union1d(theta_index, clock_index))
+    return Layout(theta_index, aux_index, unravel, ravel_state, clock_index)
+
+
+def _clock_index(step: AbstractStepMap, zero_state: Y, counters: list[bool]) -> np.ndarray:
+    """Where the time of a time-dependent map sits in the ravelled state (empty if none)."""
+    if step.time(zero_state) is None:
+        return np.zeros(0, dtype=np.int64)
+    leaves = array_leaves(step.with_time(zero_state, np.float64(1.0)))
+    marks = np.concatenate(
+        [np.ravel(np.asarray(leaf)) for leaf, c in zip(leaves, counters) if not c]
+    )
+    return np.flatnonzero(marks)
 
 
 def _ravel_expanded(expanded, state):

@@ -71,6 +71,32 @@ class AbstractStepMap(eqx.Module):
         del args
         return h
 
+    def time(self, y: Y) -> RealScalarLike | None:
+        r"""The continuous time $\tau = n h$ the state `y` carries, or `None` (autonomous map).
+
+        Time-dependent maps (`driftlab.Scheduled`: a learning-rate schedule, the
+        ODE-scaled bias correction of `driftlab.AdamODE`) hold $\tau$ in their state
+        and advance it by `duration(h)` per call; the augmented map
+        $(y, \tau) \mapsto (\Phi_h(y; \tau), \tau + h)$ is autonomous and tends to the
+        identity, so it is expanded like any other, with $\tau$ among the expanded
+        variables. Flows of such maps take $t = \tau$.
+        """
+        del y
+        return None
+
+    def with_time(self, y: Y, tau: RealScalarLike) -> Y:
+        """The state `y` at time `tau` (unchanged for an autonomous map)."""
+        del tau
+        return y
+
+    def kinks(self) -> tuple[float, ...]:
+        r"""The times $\tau$ where a time-dependent map is not smooth in $\tau$ (none here).
+
+        A linear warmup's end, a cosine that ends: the modified flow is piecewise
+        there, and measurements that cross one warn (`driftlab.KinkWarning`).
+        """
+        return ()
+
     def check_expansion(self, params: Y, h: RealScalarLike, args: Args) -> None:
         """Raise `InputError` where the map has no series in `h` at `params`.
 
@@ -464,8 +490,9 @@ class OptaxStepMap(_AbstractParamsInStateMap):
     line for: a non-smooth update (`sign` in `lion`, `max`/`abs` in `adamax`,
     an active `clip_by_global_norm`); an accumulator that does not decay
     (`adagrad`: eigenvalue 1, no slow manifold); a counter that reaches the
-    update other than through a decaying power (a learning-rate schedule: a
-    time-dependent step). The docs' optax page lists the common optimisers.
+    update other than through a decaying power (a learning-rate schedule in steps:
+    a time-dependent step; state it in time instead, with `driftlab.Scheduled` and
+    `driftlab.OptaxSchedule`). The docs' optax page lists the common optimisers.
     """
 
     loss: Loss

@@ -166,7 +166,8 @@ def measure_region(step: AbstractStepMap, state: Y, h: RealScalarLike, args: Arg
     # and a model's static leaves kept; the rest of the state moves.
     layout = state_layout(step, state, step.parameters(state), args)
     flat = layout.ravel(state)
-    theta = layout.theta_index
+    # The clock of a time-dependent map (eigenvalue 1) is slow, like the parameters.
+    theta = np.concatenate([layout.theta_index, layout.clock_index])
     num_slow = theta.size
     # The parameter part of a state vector (complex allowed), and a parameter vector as a
     # state vector with zero auxiliary part: both are where the layout puts the parameters.
@@ -203,8 +204,9 @@ def measure_region(step: AbstractStepMap, state: Y, h: RealScalarLike, args: Arg
 
 
 def has_auxiliary_state(step: AbstractStepMap, state: Y) -> bool:
-    """Whether `state` holds more than the parameters (momentum, moments)."""
-    return _num_entries(state) > _num_entries(step.parameters(state))
+    """Whether `state` holds more than the parameters and the clock (momentum, moments)."""
+    clock = 0 if step.time(state) is None else 1
+    return _num_entries(state) > _num_entries(step.parameters(state)) + clock
 
 
 def is_concrete(*trees) -> bool:
