@@ -17,6 +17,7 @@ from . import (
     problems as problems,
 )
 from ._errors import (
+    DivergenceError as DivergenceError,
     DriftlabError as DriftlabError,
     InputError as InputError,
     MeasurementError as MeasurementError,
