@@ -58,6 +58,7 @@ def test_crossings_are_the_activation_pattern_switches():
     assert kinks(tanh_step, model, 0.1, batch) == []
 
 
+@pytest.mark.slow  # ~25 s: compiles the order-1 flow of a new network
 def test_relu_network_order_holds_between_kinks():
     model, batch, loss = _relu_problem()
     step = dl.GradientDescent(loss)
@@ -80,6 +81,7 @@ def test_relu_network_order_holds_between_kinks():
     assert measured.kink
 
 
+@pytest.mark.slow  # ~15-40 s: compiles the order-1 flow of a new loss
 def test_l1_loss_order_holds_between_kinks():
     model, batch, loss = _relu_problem()
     model = eqx.tree_at(lambda m: m.activation, model, jnp.tanh)
@@ -89,7 +91,7 @@ def test_l1_loss_order_holds_between_kinks():
         return jnp.mean(jnp.abs(jax.vmap(m)(inputs) - targets))
 
     step = dl.GradientDescent(l1)
-    assert [k.primitive for k in kinks(step, model, 0.1, batch)] == ["abs", "ge"]
+    assert [k.primitive for k in kinks(step, model, 0.1, batch)] == ["abs"]
     with pytest.warns(dl.StabilityWarning, match="1 of 4 points cross a kink"):
         estimate = dl.order_of_accuracy(
             step,

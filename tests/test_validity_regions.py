@@ -136,3 +136,42 @@ def test_repeated_measurements_reuse_their_compilation(size):
     second = measure_region(step, state, 0.02, quad.data)
     assert len(traces) == num_traces and num_traces > 0
     assert first.exists and second.exists
+
+
+def _adam_on_quadratic(b2):
+    """Adam (optax, eps = 0) on the small quadratic, its flow's slow state at orders 0 and 1."""
+    quad = _quadratic()
+    step = dl.OptaxStepMap(quad.loss, lambda h: optax.adam(h, b1=0.5, b2=b2, eps=0.0))
+    return quad, step
+
+
+def test_adam_slow_state_series_needs_h_small_against_one_minus_b2():
+    # The issue's case: optax.adam(h) with b2 = 0.999 gave an order-0 slope of 1.40 with no
+    # flag, and at order 1 a NaN slow state blamed on the stability edge. The slow state's
+    # second moment is nu = g^2 + h nu_1 with nu_1 = b2 / (1 - b2) * d(g^2)/dt (exact to
+    # first order, e.g. Ghosh et al. 2023), so its expansion needs h |d log g_i^2 / dt| to be
+    # small against 1 - b2; where h nu_1 outweighs g^2 the slow state has nu < 0.
+    from driftlab.integrators._validity import SERIES_LIMIT
+
+    quad, step = _adam_on_quadratic(0.999)
+    g = np.asarray(quad.A @ quad.params)
+    # Along the order-0 flow theta' = -mu / sqrt(nu) = -sign(g): d(g^2)/dt = -2 g A sign(g).
+    rate = -2 * g * (np.asarray(quad.A) @ np.sign(g))
+    ratio_per_h = np.abs(0.999 / (1 - 0.999) * rate) / g**2
+    edge = SERIES_LIMIT / ratio_per_h.max()  # the h where the first correction = a_0
+    for order in (0, 1):
+        inside = dl.ModifiedFlow(step, 0.5 * edge, order)
+        assert inside.outside_region(quad.params, quad.data) is None
+        problem = dl.ModifiedFlow(step, 2 * edge, order).outside_region(quad.params, quad.data)
+        assert problem is not None and "not small against the decay rates" in problem
+        holds = float(problem.split("holds below about h = ")[1].split(" ")[0])
+        assert np.isclose(holds, edge, rtol=2e-3), (holds, edge)
+    # Far outside: said so, not blamed on the stability edge.
+    flow = dl.ModifiedFlow(step, 40 * edge, 1)
+    y0 = step.init(quad.params, quad.data)
+    with pytest.raises(dl.MeasurementError, match="no valid expansion") as info:
+        dl.local_error(step, flow, y0, 40 * edge, quad.data)
+    assert "stability edge" not in str(info.value)
+    # With b2 far from 1 the same h is inside.
+    _, loose = _adam_on_quadratic(0.5)
+    assert dl.ModifiedFlow(loose, 2 * edge, 1).outside_region(quad.params, quad.data) is None

@@ -15,6 +15,7 @@ from ..integrators._validity import (
     has_auxiliary_state,
     is_concrete,
     region_problem,
+    series_problem,
     warn_outside_region,
 )
 from ._base import AbstractSeriesFlow, require_gradient_field, segment_potential
@@ -186,13 +187,22 @@ class ModifiedFlow(AbstractSeriesFlow):
         (the slow state at order 0): the slow manifold exists while the
         $n_\theta$ slow ones stay larger in modulus than the fast ones of the
         auxiliary state (`None` then, and for maps without auxiliary state).
+        Then the slow state's expansion must be valid at this `h`: its corrections
+        (to order $\max(p, 1)$) must stay below the leading term in every entry of
+        a second moment (`driftlab.integrators._validity.series_problem`: Adam with
+        its default $b_2 = 0.999$ needs $h$ small against $1 - b_2$).
         """
         if not is_concrete(params, self.h):
             return None
         if not has_auxiliary_state(self.step_map, self.step_map.init(params, args)):
             return None
         state = ModifiedFlow(self.step_map, self.h, 0)._slow_state(params, args)
-        return region_problem(self.step_map, state, self.h, args)
+        problem = region_problem(self.step_map, state, self.h, args)
+        if problem is not None:
+            return problem
+        order = max(self.order, 1)
+        corrected = ModifiedFlow(self.step_map, self.h, order)._slow_state(params, args)
+        return series_problem(self.step_map, state, corrected, self.h, order)
 
     def modified_loss(self, y: Y, args: Args, *, reference: Y | None = None) -> Scalar:
         r"""The modified loss $\tilde L_h$ with $f_h = -\nabla\tilde L_h$ and $\tilde L_h(r) = 0$.

@@ -19,7 +19,10 @@ optax update), which branch each entry takes:
   entry is selected.
 
 Two states on the same smooth piece have equal patterns; a step whose start and
-end patterns differ has crossed a kink.
+end patterns differ has crossed a kink. Only kinks that reach the map's output
+count: not dead code (the leftovers of a derivative), and not values that reach it
+only through `stop_gradient` (the shift in `logsumexp` and `log_softmax`, whose
+result does not depend on it).
 """
 
 from typing import NamedTuple
@@ -29,10 +32,11 @@ import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
 import numpy as np
+from jax.extend import core as jex_core
 
 from .._custom_types import Args, RealScalarLike, Y
 from .._tree import split
-from ._jaxpr import walk
+from ._jaxpr import _called_jaxpr, walk
 from ._maps import AbstractStepMap
 from ._optax import _ORDER, _PIECEWISE, NON_SMOOTH
 
@@ -92,12 +96,34 @@ def _branch(eqn, values):
 KINKED = NON_SMOOTH | _PIECEWISE | _SWITCHES
 
 
-def _pattern_rule(kinks: list, patterns: list):
+def _reaching(closed, out_live: list[bool], live: set) -> list[bool]:
+    """Which inputs of `closed` reach its `out_live` outputs other than through `stop_gradient`.
+
+    Adds to `live` the ids of the equations (nested calls included) that do.
+    """
+    jaxpr = getattr(closed, "jaxpr", closed)
+    needed = {v for v, keep in zip(jaxpr.outvars, out_live) if keep and not _is_literal(v)}
+    for eqn in reversed(jaxpr.eqns):
+        outs = [v in needed for v in eqn.outvars]
+        if not any(outs) or eqn.primitive.name == "stop_gradient":
+            continue
+        live.add(id(eqn))
+        sub = _called_jaxpr(eqn)
+        ins = _reaching(sub, outs, live) if sub is not None else [True] * len(eqn.invars)
+        needed.update(v for v, keep in zip(eqn.invars, ins) if keep and not _is_literal(v))
+    return [v in needed for v in jaxpr.invars]
+
+
+def _is_literal(atom) -> bool:
+    return isinstance(atom, jex_core.Literal)
+
+
+def _pattern_rule(kinks: list, patterns: list, live: set):
     """The `walk` rule: a tag says whether a value depends on the state; records patterns."""
 
     def rule(eqn, tags, values, location):
         depends = any(tags)
-        if depends and eqn.primitive.name in KINKED:
+        if depends and id(eqn) in live and eqn.primitive.name in KINKED:
             pattern = _branch(eqn, values)
             if pattern is not None:
                 kinks.append(Kink(eqn.primitive.name, location))
@@ -118,8 +144,10 @@ def _patterns(step, y, h, args):
 
     closed = jax.make_jaxpr(map_leaves)(*leaves)
     in_tags = [jnp.issubdtype(jnp.result_type(leaf), jnp.inexact) for leaf in leaves]
+    live = set()
+    _reaching(closed, [True] * len(closed.jaxpr.outvars), live)
     kinks, patterns = [], []
-    walk(closed, in_tags, _pattern_rule(kinks, patterns), False, leaves, evaluate=True)
+    walk(closed, in_tags, _pattern_rule(kinks, patterns, live), False, leaves, evaluate=True)
     return kinks, patterns
 
 

@@ -22,6 +22,7 @@ import math
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import jax.tree_util as jtu
 import numpy as np
 
 from .._custom_types import Args, RealScalarLike, Y
@@ -222,6 +223,60 @@ def region_problem(step: AbstractStepMap, state: Y, h: RealScalarLike, args: Arg
         return None
     region = measure_region(step, state, h, args)
     return None if region.exists else region.reason(type(step).__name__, float(h))
+
+
+#: The slow state's expansion $a_0 + h a_1 + \dots$ is taken as not yet valid once its
+#: corrections reach this fraction of the leading term in an entry of a second moment.
+SERIES_LIMIT = 1.0
+
+
+def series_problem(
+    step: AbstractStepMap, leading: Y, corrected: Y, h: RealScalarLike, order: int
+) -> str | None:
+    r"""Why the slow state's expansion in `h` is not valid at `h`, or `None` where it is.
+
+    `leading` is the slow state at order 0 ($a_0$: for Adam $\mu = g$,
+    $\nu = g^2$), `corrected` the one at order $p \ge 1$
+    ($a_0 + h a_1 + \dots + h^p a_p$). The expansion is in $h$ against the decay
+    rates $1 - D$ of the auxiliary state (for Adam's $\nu$, $h\,|d\log g_i^2/dt|$
+    against $1 - b_2$), so it needs $h$ small against $1 - b_2$ entry by entry. It
+    is checked on the auxiliary leaves that are non-negative at leading order
+    (second moments, which the map takes a root of): where the corrections reach
+    `SERIES_LIMIT` times $a_0$ the partial sum is no approximation of the slow
+    manifold, and where they exceed it the moment is negative and its root is NaN.
+    The corrections grow like $h$, so the expansion holds below about
+    $h / \max_i |a_i - a_{0,i}| / a_{0,i}$, which the reason states.
+    """
+    worst, entries, negative, where = 0.0, 0, 0, ""
+    arrays = zip(
+        jtu.tree_leaves_with_path(eqx.filter(leading, eqx.is_inexact_array)),
+        jtu.tree_leaves(eqx.filter(corrected, eqx.is_inexact_array)),
+    )
+    for (path, a0), a in arrays:
+        a0, a = np.asarray(a0), np.asarray(a)
+        if a0.size == 0 or np.any(a0 < 0) or np.array_equal(a0, a):
+            continue
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = np.where(a == a0, 0.0, np.abs(a - a0) / a0)
+        bad = ratio >= SERIES_LIMIT
+        if bad.any():
+            entries += int(bad.sum())
+            negative += int(np.sum(a < 0))
+            where = where or f"`state{jtu.keystr(path)}` ({int(bad.sum())} of {a0.size} entries)"
+        worst = max(worst, float(np.max(ratio)))
+    if worst < SERIES_LIMIT:
+        return None
+    corrections = "h a_1" if order == 1 else f"h a_1 + ... + h^{order} a_{order}"
+    holds = float(h) * SERIES_LIMIT / worst
+    sign = f", and {negative} of them negative (e.g. Adam's nu < 0)" if negative else ""
+    return (
+        f"{type(step).__name__}'s slow manifold has no valid expansion at h = {float(h):.4g} "
+        f"here: h is not small against the decay rates (1 - b) of its auxiliary state. Its "
+        f"slow state's corrections {corrections} reach {SERIES_LIMIT:g} times the leading "
+        f"term a_0 in {entries} entries of the second moments, first {where}{sign}, so the "
+        f"series in h is not yet asymptotic; it holds below about h = {holds:.3g} at these "
+        "parameters (use a smaller h, or a larger 1 - b)"
+    )
 
 
 def warn_outside_region(problem: str | None) -> None:
