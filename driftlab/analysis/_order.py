@@ -223,7 +223,11 @@ def order_of_accuracy(
 
     Points where `make_flow(h).outside_region(params(y0), args)` gives a reason
     (no slow manifold at that `h`) are not measured: they are excluded with
-    that reason (`OrderEstimate.notes`) and a `StabilityWarning`.
+    that reason (`OrderEstimate.notes`) and a `StabilityWarning`. So are points
+    whose iterates diverge (`DivergenceError`: non-finite, or an error as large
+    as the state compared; error NaN) and points where the map crosses a kink
+    of the loss during the compared step (`ErrorMeasurement.kink`: `relu`,
+    `abs`, `max`, a `where` on a comparison; error measured, not fitted).
     - `progress`: called as `progress(i, len(hs), h)` after each point.
 
     **Returns:** an `OrderEstimate`.
