@@ -202,7 +202,7 @@ class ModifiedFlow(AbstractSeriesFlow):
             return problem
         order = max(self.order, 1)
         corrected = ModifiedFlow(self.step_map, self.h, order)._slow_state(params, args)
-        return series_problem(self.step_map, state, corrected, self.h, order)
+        return series_problem(self.step_map, state, corrected, self.h, args, order)
 
     def modified_loss(self, y: Y, args: Args, *, reference: Y | None = None) -> Scalar:
         r"""The modified loss $\tilde L_h$ with $f_h = -\nabla\tilde L_h$ and $\tilde L_h(r) = 0$.
