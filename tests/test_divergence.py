@@ -80,3 +80,24 @@ def test_a_non_finite_gradient_is_named_not_blamed_on_the_step_size():
         dl.iterate(step, quad.params, 1e-3, 2, quad.data)
     assert not isinstance(info.value, dl.DivergenceError)
     assert "stability edge" not in str(info.value)
+
+
+def test_estimates_built_without_causes_still_print_and_serialise():
+    # Benchmarks build `OrderEstimate`s from stored fits, with neither notes nor causes.
+    estimate = dl.OrderEstimate(
+        kind="local",
+        map_name="GD",
+        flow_name="IGR",
+        hs=np.array([0.1, 0.2, 0.4, 0.8]),
+        errors=np.array([1e-14, 1e-5, 8e-5, 6.4e-4]),
+        floors=np.array([1e-14, 1e-14, 1e-14, 1e-14]),
+        used=np.array([False, True, True, True]),
+        slope=3.0,
+        slope_stderr=0.0,
+        intercept=0.0,
+        expected=3.0,
+        stability_index=float("nan"),
+    )
+    assert "no (floor)" in str(estimate)
+    assert estimate.to_dict()["causes"] == ["floor", "", "", ""]
+    assert estimate.excluded == ["h=0.1: error 1e-14 within 10x of the floor 1e-14"]
