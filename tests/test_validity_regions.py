@@ -153,7 +153,7 @@ def _adam_series_bound(quad, b1, b2, limit):
     order-0 flow theta' = -mu / sqrt(nu) = -sign(g) (burned-in bias correction), so
     mu_1 = -A theta' / (1 - b1) and nu_1 = -2 g A theta' / (1 - b2). The update from
     (mu, nu) = (g + s h mu_1, g^2 + s h nu_1) is -h (g + s b1 h mu_1) / sqrt(g^2 + s b2 h nu_1);
-    the expansion holds while its second / first difference in s stays below `limit`.
+    the expansion holds while its second difference in s stays below `limit` times u(0).
     """
     g = np.asarray(quad.A) @ np.asarray(quad.params)
     g_dot = np.asarray(quad.A) @ -np.sign(g)
@@ -162,8 +162,7 @@ def _adam_series_bound(quad, b1, b2, limit):
     def ratio(h):
         with np.errstate(invalid="ignore"):
             u = [-(g + s * b1 * h * mu_1) / np.sqrt(g**2 + s * b2 * h * nu_1) for s in (0, 0.5, 1)]
-        first = u[2] - u[0]
-        rho = np.abs(u[2] - 2 * u[1] + u[0]) / np.maximum(np.abs(first), 1e-3 * np.abs(first).max())
+        rho = np.abs(u[2] - 2 * u[1] + u[0]) / np.maximum(np.abs(u[0]), 1e-3 * np.abs(u[0]).max())
         return np.inf if not np.all(np.isfinite(rho)) else rho.max()
 
     low, high = 0.0, 1.0

@@ -226,12 +226,12 @@ def region_problem(step: AbstractStepMap, state: Y, h: RealScalarLike, args: Arg
 
 
 #: The slow state's expansion is taken as not yet valid where the map's update responds to its
-#: corrections nonlinearly by this fraction of the linear response (the ratio of the second
-#: to the first difference below; for a square root, at about corrections = 0.6 x leading).
+#: corrections nonlinearly by this fraction of the update itself (the second difference below;
+#: under a square root, at corrections of about 0.5 to 1 times the leading term).
 SERIES_LIMIT = 0.1
 
 
-#: A first difference of the update counts only above this many ulps of the parameters.
+#: An update counts only above this many ulps of the parameters.
 ROUNDOFF_RESOLUTION = 1e4
 #: Bisection steps for the step size below which the expansion holds (a factor 2^-30).
 BISECTION_STEPS = 30
@@ -268,13 +268,13 @@ def series_problem(
     how the map uses them: its update $u(s) = \Phi_h(a_0 + s\,\delta) - \theta$
     along the corrections $\delta$ must stay close to linear in $s$, entry by
     entry, for the expansion (which linearises the map about $a_0$ order by order)
-    to be asymptotic. The ratio of the second to the first difference,
-    $\rho_i = |u_i(1) - 2u_i(\tfrac12) + u_i(0)| / |u_i(1) - u_i(0)|$, is 0 for a map
+    to be asymptotic. The second difference relative to the update,
+    $\rho_i = |u_i(1) - 2u_i(\tfrac12) + u_i(0)| / |u_i(0)|$, is 0 for a map
     linear in its state (heavy-ball, Nesterov) and grows like $|\delta_i| / \nu_i$ under
     a square root $\sqrt{\nu_i}$ (without $\epsilon$ inside it); a negative $\nu_i$ makes
-    it NaN. The problem is reported where $\max_i \rho_i \ge$ `SERIES_LIMIT` (first
-    differences below $10^{-3}$ of the largest, or below `ROUNDOFF_RESOLUTION` ulps
-    of the parameters, are measured against that). The
+    it NaN. The problem is reported where $\max_i \rho_i \ge$ `SERIES_LIMIT` (updates
+    below $10^{-3}$ of the largest, or below `ROUNDOFF_RESOLUTION` ulps of the
+    parameters, are measured against that). The
     corrections are linear in $h$ at order 1, so the $h$ below which the
     expansion holds is found by bisection on their scale (scaled linearly at
     higher orders too), and stated.
@@ -287,7 +287,7 @@ def series_problem(
     corrections = "h a_1" if order == 1 else f"h a_1 + ... + h^{order} a_{order}"
     response = (
         f"nonlinearly in {int(np.sum(ratio >= SERIES_LIMIT))} of {ratio.size} parameter "
-        f"entries (second / first difference up to {worst:.3g}, limit {SERIES_LIMIT:g}"
+        f"entries (second difference up to {worst:.3g} of the update, limit {SERIES_LIMIT:g}"
     )
     if nonfinite:
         response += f"; non-finite in {nonfinite}"
@@ -316,7 +316,7 @@ def series_problem(
 
 
 def _response(step, leading, corrected, h, args, scale):
-    """Second / first differences of the update along the corrections scaled to `scale * h`.
+    """Second differences of the update along the corrections scaled to `scale * h`, relative.
 
     Returns the ratio per parameter entry and where the update is finite.
     """
@@ -328,7 +328,6 @@ def _response(step, leading, corrected, h, args, scale):
         )
     updates = _updates_along(step, leading, corrected, jnp.asarray(scale * float(h)), args)
     start, middle, end = (np.asarray(u) for u in updates)
-    first = end - start
     finite = np.isfinite(end) & np.isfinite(middle)
     # Updates are differences of parameters: below this their digits are round-off.
     size = max(
@@ -336,8 +335,8 @@ def _response(step, leading, corrected, h, args, scale):
     )
     noise = ROUNDOFF_RESOLUTION * np.finfo(np.float64).eps * size
     with np.errstate(invalid="ignore", divide="ignore"):
-        floor = max(1e-3 * np.max(np.abs(first[finite]), initial=0.0), noise)
-        ratio = np.abs(end - 2 * middle + start) / np.maximum(np.abs(first), floor)
+        floor = max(1e-3 * np.max(np.abs(start), initial=0.0), noise)
+        ratio = np.abs(end - 2 * middle + start) / np.maximum(np.abs(start), floor)
     return np.where(finite, np.nan_to_num(ratio, nan=0.0), np.inf), finite
 
 
