@@ -153,7 +153,9 @@ class ModifiedFlow(AbstractSeriesFlow):
         """
         check_parameters(self.step_map, y, args)
         self.step_map.check_expansion(y, self.h, args)
-        warn_outside_region(self.outside_region(y, args))
+        # The coefficients do not depend on h: only the linearisation's region is warned
+        # here; the slow state's expansion at this h is checked where it is used.
+        warn_outside_region(self._linear_region_problem(y, args))
         # Fields have the parameters' structure with `None` at a model's static leaves.
         return checked(*_expand(self, y, args, "coefficients"))
 
@@ -192,17 +194,25 @@ class ModifiedFlow(AbstractSeriesFlow):
         a second moment (`driftlab.integrators._validity.series_problem`: Adam with
         its default $b_2 = 0.999$ needs $h$ small against $1 - b_2$).
         """
-        if not is_concrete(params, self.h):
-            return None
-        if not has_auxiliary_state(self.step_map, self.step_map.init(params, args)):
-            return None
-        state = ModifiedFlow(self.step_map, self.h, 0)._slow_state(params, args)
-        problem = region_problem(self.step_map, state, self.h, args)
-        if problem is not None:
+        problem = self._linear_region_problem(params, args)
+        if problem is not None or not self._has_region(params, args):
             return problem
+        state = ModifiedFlow(self.step_map, self.h, 0)._slow_state(params, args)
         order = max(self.order, 1)
         corrected = ModifiedFlow(self.step_map, self.h, order)._slow_state(params, args)
         return series_problem(self.step_map, state, corrected, self.h, args, order)
+
+    def _has_region(self, params: Y, args: Args) -> bool:
+        return is_concrete(params, self.h) and has_auxiliary_state(
+            self.step_map, self.step_map.init(params, args)
+        )
+
+    def _linear_region_problem(self, params: Y, args: Args) -> str | None:
+        """The first part of `outside_region`: the eigenvalues of the linearisation."""
+        if not self._has_region(params, args):
+            return None
+        state = ModifiedFlow(self.step_map, self.h, 0)._slow_state(params, args)
+        return region_problem(self.step_map, state, self.h, args)
 
     def modified_loss(self, y: Y, args: Args, *, reference: Y | None = None) -> Scalar:
         r"""The modified loss $\tilde L_h$ with $f_h = -\nabla\tilde L_h$ and $\tilde L_h(r) = 0$.
