@@ -18,6 +18,7 @@ from . import (
 )
 from ._errors import (
     CostWarning as CostWarning,
+    DivergenceError as DivergenceError,
     DriftlabError as DriftlabError,
     InputError as InputError,
     MeasurementError as MeasurementError,

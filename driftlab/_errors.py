@@ -35,6 +35,14 @@ class MeasurementError(DriftlabError, RuntimeError):
     """
 
 
+class DivergenceError(MeasurementError):
+    """The iterates diverged: non-finite, or as far from the flow as the state is large.
+
+    A point of a sweep where this is raised is a failure, listed with its reason
+    (`OrderEstimate.excluded`), never an error to fit.
+    """
+
+
 class StabilityWarning(UserWarning):
     """A measurement runs where its premises fail, e.g. `h * lambda_max >= 2`."""
 

@@ -136,3 +136,95 @@ def test_repeated_measurements_reuse_their_compilation(size):
     second = measure_region(step, state, 0.02, quad.data)
     assert len(traces) == num_traces and num_traces > 0
     assert first.exists and second.exists
+
+
+def _adam_on_quadratic(b2):
+    """Adam (optax, eps = 0) on the small quadratic, its flow's slow state at orders 0 and 1."""
+    quad = _quadratic()
+    step = dl.OptaxStepMap(quad.loss, lambda h: optax.adam(h, b1=0.5, b2=b2, eps=0.0))
+    return quad, step
+
+
+def _adam_series_bound(quad, b1, b2, limit):
+    """The h below which Adam's update (eps = 0) is near-linear in its slow state's corrections.
+
+    Closed form on L = y.A y / 2 at order 1: the slow state over theta is mu = g + h mu_1,
+    nu = g^2 + h nu_1 with x_1 = -(dx/dt) / (1 - b) for an average x of decay b along the
+    order-0 flow theta' = -mu / sqrt(nu) = -sign(g) (burned-in bias correction), so
+    mu_1 = -A theta' / (1 - b1) and nu_1 = -2 g A theta' / (1 - b2). The update from
+    (mu, nu) = (g + s h mu_1, g^2 + s h nu_1) is -h (g + s b1 h mu_1) / sqrt(g^2 + s b2 h nu_1);
+    the expansion holds while its second difference in s stays below `limit` times u(0).
+    """
+    g = np.asarray(quad.A) @ np.asarray(quad.params)
+    g_dot = np.asarray(quad.A) @ -np.sign(g)
+    mu_1, nu_1 = -g_dot / (1 - b1), -2 * g * g_dot / (1 - b2)
+
+    def ratio(h):
+        with np.errstate(invalid="ignore"):
+            u = [-(g + s * b1 * h * mu_1) / np.sqrt(g**2 + s * b2 * h * nu_1) for s in (0, 0.5, 1)]
+        rho = np.abs(u[2] - 2 * u[1] + u[0]) / np.maximum(np.abs(u[0]), 1e-3 * np.abs(u[0]).max())
+        return np.inf if not np.all(np.isfinite(rho)) else rho.max()
+
+    low, high = 0.0, 1.0
+    for _ in range(60):
+        low, high = (
+            ((low + high) / 2, high) if ratio((low + high) / 2) < limit else (low, (low + high) / 2)
+        )
+    return low
+
+
+def test_adam_slow_state_series_needs_h_small_against_one_minus_b2():
+    # The issue's case: optax.adam(h) with b2 = 0.999 gave an order-0 slope of 1.40 with no
+    # flag, and at order 1 a NaN slow state blamed on the stability edge: h must be small
+    # against 1 - b2 relative to how fast each squared gradient entry changes.
+    from driftlab.integrators._validity import SERIES_LIMIT
+
+    quad, step = _adam_on_quadratic(0.999)
+    edge = _adam_series_bound(quad, 0.5, 0.999, SERIES_LIMIT)
+    assert 1e-7 < edge < 1e-3  # far below h lambda_max = 1: not the stability edge
+    for order in (0, 1):
+        inside = dl.ModifiedFlow(step, 0.9 * edge, order)
+        assert inside.outside_region(quad.params, quad.data) is None
+        problem = dl.ModifiedFlow(step, 1.1 * edge, order).outside_region(quad.params, quad.data)
+        assert problem is not None and "not small against the decay rates" in problem
+        holds = float(problem.split("holds below about h = ")[1].split(" ")[0])
+        assert np.isclose(holds, edge, rtol=2e-3), (holds, edge)
+    # Far outside: a measurement refuses with that reason, not the stability edge's.
+    flow = dl.ModifiedFlow(step, 40 * edge, 1)
+    y0 = step.init(quad.params, quad.data)
+    with pytest.raises(dl.MeasurementError, match="no valid expansion") as info:
+        dl.local_error(step, flow, y0, 40 * edge, quad.data)
+    assert "stability edge" not in str(info.value)
+    # With b2 far from 1 the same h is inside; momentum is linear in its state: never flagged.
+    _, loose = _adam_on_quadratic(0.5)
+    assert dl.ModifiedFlow(loose, 1.1 * edge, 1).outside_region(quad.params, quad.data) is None
+
+
+@pytest.mark.slow  # ~20 s: the issue's 433-parameter model, two slow states and a Krylov region
+def test_adam_defaults_on_the_issues_mlp():
+    import equinox as eqx
+    import jax
+    import jax.numpy as jnp
+    import jax.random as jr
+
+    model = eqx.nn.MLP(8, 1, 16, 2, activation=jax.nn.tanh, key=jr.key(0))
+    model = jax.tree_util.tree_map(
+        lambda x: jnp.asarray(x, jnp.float64) if eqx.is_array(x) else x, model
+    )
+    xs = jr.normal(jr.key(1), (64, 8), jnp.float64)
+    batch = (xs, jnp.sin(xs.sum(axis=1, keepdims=True)))
+
+    def loss(m, batch):
+        return jnp.mean((jax.vmap(m)(batch[0]) - batch[1]) ** 2)
+
+    step = dl.OptaxStepMap(loss, lambda h: optax.adam(h))
+    # At order 1 the slow state has nu < 0 (the issue: a NaN blamed on the stability edge,
+    # and `outside_region` None); at order 0 the same h is outside the expansion too.
+    flow = dl.ModifiedFlow(step, 1e-4, 1)
+    problem = flow.outside_region(model, batch)
+    assert problem is not None and "not small against the decay rates" in problem
+    negative = int(problem.split("its second moment is negative in ")[1].split(" entries")[0])
+    state = flow._slow_state(model, batch)
+    nu = jax.tree_util.tree_leaves(eqx.filter(state.opt_state[0].nu, eqx.is_array))
+    assert negative == sum(int(jnp.sum(leaf < 0)) for leaf in nu) > 0
+    assert dl.ModifiedFlow(step, 1e-4, 0).outside_region(model, batch) is not None

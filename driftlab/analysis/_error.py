@@ -10,6 +10,7 @@ from .._errors import (
     check_same_structure,
     check_step_size,
     CostWarning,
+    DivergenceError,
     InputError,
     MeasurementError,
     StabilityWarning,
@@ -19,6 +20,7 @@ from .._tree import array_leaves, split, tree_norm, tree_sub
 from ..flows import AbstractFlow
 from ..integrators import AbstractStepMap, advance, iterate, solve
 from ..integrators._iterate import check_state
+from ..integrators._kinks import crossed_kinks
 from ..integrators._schedules import check_kinks
 from ..integrators._solve import DEFAULT_ATOL, DEFAULT_RTOL
 from ._spectra import stability_index
@@ -28,6 +30,10 @@ from ._spectra import stability_index
 ROUNDOFF_ULPS = 100.0
 #: The solver's error is taken as this multiple of its tolerance.
 SOLVER_SAFETY = 10.0
+#: A measurement has diverged when its error is at least this multiple of the size of the
+#: state compared (the larger of |params(y0)| and the flow's |phi_t(params(y0))|): the
+#: iterates then predict no digit of the flow's solution.
+DIVERGENCE_RATIO = 1.0
 
 
 class ErrorMeasurement(eqx.Module):
@@ -41,6 +47,11 @@ class ErrorMeasurement(eqx.Module):
     - `scale`: the norm of the compared state.
     - `floor`: the smallest error this measurement can resolve, from
       round-off (`ROUNDOFF_ULPS` ulps per step) and the solver's tolerance.
+    - `kink`: empty, or why the error does not follow the flow's order: the map
+      crosses a kink of the loss (`relu`, `abs`, `max`, a `where` on a
+      comparison) between the start and the end of the comparison, at the
+      map's last iterate or at the flow's solution (see
+      `driftlab.integrators._kinks`).
     """
 
     h: float
@@ -49,6 +60,7 @@ class ErrorMeasurement(eqx.Module):
     error: float
     scale: float
     floor: float
+    kink: str = ""
 
     @property
     def at_floor(self) -> bool:
@@ -121,7 +133,7 @@ def _compare(
         warn_at_caller(advice, CostWarning)
     y0 = starting_state(step, flow, y0, args, on_slow_manifold)
     params0 = step.parameters(y0)
-    y_map = step.parameters(advance(step, y0, h, num_steps, args))
+    y_map = advance(step, y0, h, num_steps, args)
     t = _flow_time(step, h, args, num_steps)
     t0 = start_time(step, y0)
     check_kinks(step, t0, t0 + t)
@@ -131,11 +143,14 @@ def _compare(
         flow, start, t0 + t, args=args, t0=t0, rtol=rtol, atol=atol, progress=advice is not None
     )
     check_same_structure(y_flow, params0, "flow(t, y, args)", "the parameters of y0")
-    difference = tree_sub(y_map, y_flow)
-    if any(jnp.iscomplexobj(leaf) for leaf in jtu.tree_leaves(difference)):
-        difference = jtu.tree_map(jnp.real, difference)
-    error = float(tree_norm(difference))
+    if any(jnp.iscomplexobj(leaf) for leaf in array_leaves(y_flow)):
+        arrays, static = split(y_flow)
+        y_flow = eqx.combine(jtu.tree_map(jnp.real, arrays), static)
+    error = float(tree_norm(tree_sub(step.parameters(y_map), y_flow)))
     scale = float(tree_norm(params0))
+    check_divergence(step, h, num_steps, error, max(scale, float(tree_norm(y_flow))))
+    # A kink crossed by either path: compare the branches at the start with both ends.
+    kink = crossed_kinks(step, y0, [y_map, step.with_parameters(y_map, y_flow)], h, args)
     size = sum(np.size(leaf) for leaf in array_leaves(params0))
     return ErrorMeasurement(
         h=h,
@@ -144,7 +159,31 @@ def _compare(
         error=error,
         scale=scale,
         floor=_floor(scale, num_steps, rtol, atol, size),
+        kink=kink or "",
     )
+
+
+def check_divergence(step, h, num_steps, error, size) -> None:
+    """Raise `DivergenceError` when `error` is `DIVERGENCE_RATIO` times `size` or more."""
+    if not error < DIVERGENCE_RATIO * size:
+        raise DivergenceError(
+            f"the iterates of {type(step).__name__} with h={h:g} diverged: after "
+            f"{num_steps} step(s) they lie {error:.3g} away from the flow's solution, as far "
+            f"as the state itself is large ({size:.3g}), so the error measures the "
+            "divergence, not the flow (h is likely beyond the stability edge, h * lambda_max "
+            ">= 2 for GD); use a smaller `h` or a shorter `t_end`."
+        )
+
+
+def warn_if_kink(measurement: ErrorMeasurement) -> ErrorMeasurement:
+    """Warn (`StabilityWarning`) at the user's line when the measurement crossed a kink."""
+    if measurement.kink:
+        warn_at_caller(
+            f"h = {measurement.h:g}: {measurement.kink}; this error is not that of a "
+            "modified flow.",
+            StabilityWarning,
+        )
+    return measurement
 
 
 def warn_if_unstable(step, y0, h, args) -> float:
@@ -190,7 +229,9 @@ def local_error(
     (`flow.outside_region`: momentum and adaptive flows beyond their region).
     """
     h = _checked_inputs(step, flow, y0, h)
-    return _compare(step, flow, y0, h, 1, args, rtol, atol, on_slow_manifold, complex_state)
+    return warn_if_kink(
+        _compare(step, flow, y0, h, 1, args, rtol, atol, on_slow_manifold, complex_state)
+    )
 
 
 #: The most map steps one global-error measurement may take.
@@ -234,7 +275,9 @@ def global_error(
     """
     h = _checked_inputs(step, flow, y0, h)
     num_steps = _num_steps(step, h, args, t_end)
-    return _compare(step, flow, y0, h, num_steps, args, rtol, atol, on_slow_manifold, complex_state)
+    return warn_if_kink(
+        _compare(step, flow, y0, h, num_steps, args, rtol, atol, on_slow_manifold, complex_state)
+    )
 
 
 class Drift(eqx.Module):

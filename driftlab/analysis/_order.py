@@ -11,6 +11,7 @@ from .._custom_types import Args, Y
 from .._errors import (
     check_factory,
     check_step_size,
+    DivergenceError,
     InputError,
     MeasurementError,
     RoundoffWarning,
@@ -37,6 +38,13 @@ MIN_POINTS = 3
 MIN_RANGE = 2.0
 #: How far above its round-off / solver floor a point's error must lie to be fitted.
 FLOOR_MARGIN = 10.0
+#: Why a point of a sweep is left out of the fit (`OrderEstimate.causes`), as the table says it.
+CAUSES = {
+    "floor": "floor",
+    "region": "outside region",
+    "kink": "kink crossed",
+    "diverged": "diverged",
+}
 
 
 class OrderEstimate(eqx.Module):
@@ -46,13 +54,16 @@ class OrderEstimate(eqx.Module):
 
     - `kind`: `"local"` (one step) or `"global"` (fixed time `t_end`).
     - `hs`, `errors`, `floors`: the sweep, with each point's resolution floor.
-    - `used`: which points entered the fit; the others sit within a factor 10
-      of the round-off / solver floor (or are non-finite), or lie outside the
-      region where the flow describes the map (`notes`), and are listed in
-      `excluded`.
-    - `notes`: per point, why it was not measured (empty when it was): the
-      flow's `outside_region` (a momentum or adaptive map without a slow
-      manifold at that `h`); its error is NaN.
+    - `used`: which points entered the fit; the others are listed in
+      `excluded` with the reason, one of `CAUSES` (`causes`): within a factor
+      10 of the round-off / solver floor; outside the region where the flow
+      describes the map; a kink of the loss crossed during the step; diverged.
+    - `notes`: per point, the reason it was left out other than the floor
+      (empty otherwise): the flow's `outside_region` (a momentum or adaptive
+      map without a slow manifold at that `h`; error NaN, not measured), the
+      kink crossed between the start and the end of the comparison (error
+      measured, but of no modified flow), or the divergence (error NaN).
+    - `causes`: per point, `""` where it was used, else its key in `CAUSES`.
     - `slope`, `slope_stderr`, `intercept`: the least-squares fit of
       $\log_2 \text{error}$ against $\log_2 h$ on the used points.
     - `expected`: the slope the flow's order predicts (`order + 2` local,
@@ -80,9 +91,19 @@ class OrderEstimate(eqx.Module):
     t_end: float | None = None
     notes: tuple[str, ...] = ()
     remarks: tuple[str, ...] = ()
+    causes: tuple[str, ...] = ()
 
     def _notes(self) -> tuple[str, ...]:
         return self.notes or ("",) * len(self.hs)
+
+    def _causes(self) -> tuple[str, ...]:
+        if self.causes:
+            return self.causes
+        # Estimates built before `causes` existed: a note meant outside the region.
+        return tuple(
+            "" if u else ("region" if note else "floor")
+            for u, note in zip(self.used, self._notes())
+        )
 
     @property
     def excluded(self) -> list[str]:
@@ -116,6 +137,7 @@ class OrderEstimate(eqx.Module):
             "stability_index": self.stability_index,
             "excluded": self.excluded,
             "remarks": list(self.remarks),
+            "causes": list(self._causes()),
         }
 
     def to_json(self) -> str:
@@ -127,9 +149,10 @@ class OrderEstimate(eqx.Module):
             + (f" over t = {self.t_end:g}" if self.t_end is not None else ""),
             f"{'h':>12} {'error':>12} {'floor':>12}  used",
         ]
-        for h, e, f, u, note in zip(self.hs, self.errors, self.floors, self.used, self._notes()):
-            why = "no (outside region)" if note else "no (floor)"
-            lines.append(f"{h:12.4e} {e:12.4e} {f:12.4e}  {'yes' if u else why}")
+        for h, e, f, u, cause in zip(self.hs, self.errors, self.floors, self.used, self._causes()):
+            lines.append(
+                f"{h:12.4e} {e:12.4e} {f:12.4e}  {'yes' if u else f'no ({CAUSES[cause]})'}"
+            )
         lines.append(
             f"slope {self.slope:.3f} +- {self.slope_stderr:.3f} (expected {self.expected:g}); "
             f"max |1 - mu| at largest h: {self.stability_index:.3g}"
@@ -217,7 +240,11 @@ def order_of_accuracy(
 
     Points where `make_flow(h).outside_region(params(y0), args)` gives a reason
     (no slow manifold at that `h`) are not measured: they are excluded with
-    that reason (`OrderEstimate.notes`) and a `StabilityWarning`.
+    that reason (`OrderEstimate.notes`) and a `StabilityWarning`. So are points
+    whose iterates diverge (`DivergenceError`: non-finite, or an error as large
+    as the state compared; error NaN) and points where the map crosses a kink
+    of the loss during the compared step (`ErrorMeasurement.kink`: `relu`,
+    `abs`, `max`, a `where` on a comparison; error measured, not fitted).
     - `progress`: called as `progress(i, len(hs), h)` after each point.
 
     **Returns:** an `OrderEstimate`.
@@ -241,44 +268,65 @@ def order_of_accuracy(
             raise InputError("`expected` is required when the flow has no `order` attribute.")
         expected = order + (2 if kind == "local" else 1)
     index = warn_if_unstable(step, y0, float(grid[-1]), args) if check_stability else math.nan
-    errors, floors, notes = [], [], []
+    errors, floors, notes, causes = [], [], [], []
     remarks = _kink_remarks(step, y0, grid, kind, args, t_end)
     if remarks and kind == "global" and expected_given is None:
-        expected = min(expected, 2.0)  # one step across a kink: local error O(h^2)
+        expected = min(expected, 2.0)  # one step across a schedule's kink: local error O(h^2)
     with warnings.catch_warnings():
-        # Crossing a kink is said once, above and in `remarks`, not once per point.
+        # Crossing a schedule's kink is said once, above and in `remarks`, not once per point.
         warnings.simplefilter("ignore", KinkWarning)
         for i, h in enumerate(grid):
             h = float(h)
             flow = first_flow if i == 0 else make_flow(h)
             num_steps = 1 if kind == "local" else _num_steps(step, h, args, t_end)
-            problem = region_problem(step, flow, y0, args)
-            if problem is None:
-                m = _compare(step, flow, y0, h, num_steps, args, rtol, atol, on_slow_manifold)
-                errors.append(m.error)
-                floors.append(m.floor)
-            else:
-                errors.append(math.nan)
-                floors.append(math.nan)
-            notes.append(problem or "")
+            note = region_problem(step, flow, y0, args)
+            error = floor = math.nan
+            cause = "region" if note else ""
+            if not note:
+                try:
+                    m = _compare(step, flow, y0, h, num_steps, args, rtol, atol, on_slow_manifold)
+                    error, floor, note = m.error, m.floor, m.kink
+                    cause = "kink" if note else ""
+                except DivergenceError as failure:
+                    note, cause = str(failure), "diverged"
+            errors.append(error)
+            floors.append(floor)
+            notes.append(note or "")
+            causes.append(cause)
             if progress is not None:
                 progress(i + 1, grid.size, h)
     errors, floors = np.array(errors), np.array(floors)
-    outside = np.array([bool(note) for note in notes])
-    used = above_floor(errors, floors)
-    if outside.any():
-        first = int(np.flatnonzero(outside)[0])
-        summary = (
-            f"{int(outside.sum())} of {grid.size} points lie outside the region where "
-            f"{type(first_flow).__name__} describes {type(step).__name__}"
-        )
-        detail = f"the first, h={grid[first]:.4g}: {notes[first]}."
+    left_out = np.array([bool(cause) for cause in causes])
+    used = above_floor(errors, floors) & ~left_out
+    causes = ["" if u else (c or "floor") for u, c in zip(used, causes)]
+    for cause, what in (
+        (
+            "region",
+            f"lie outside the region where {type(first_flow).__name__} describes "
+            f"{type(step).__name__}",
+        ),
+        (
+            "kink",
+            "cross a kink of the map (relu, abs, max, a where on a comparison) during "
+            "the compared step",
+        ),
+        (
+            "diverged",
+            "diverged (their iterates are not finite, or as far from the flow as the "
+            "state is large)",
+        ),
+    ):
+        hit = [i for i, c in enumerate(causes) if c == cause]
+        if not hit:
+            continue
+        summary = f"{len(hit)} of {grid.size} points {what}"
+        detail = f"the first, h={grid[hit[0]]:.4g}: {notes[hit[0]].rstrip('.')}"
         if not can_fit(grid, used):
             raise MeasurementError(
-                f"{summary}, too few are left to fit an order of accuracy; {detail}"
+                f"{summary}, too few are left to fit an order of accuracy; {detail}."
             )
         warn_at_caller(
-            f"{summary} and were left out (see `OrderEstimate.excluded`); {detail}",
+            f"{summary} and were left out (see `OrderEstimate.excluded`); {detail}.",
             StabilityWarning,
         )
     if not can_fit(grid, used):
@@ -288,9 +336,10 @@ def order_of_accuracy(
             f"{errors.tolist()}, floors {floors.tolist()}); use larger step sizes or tighter "
             "`rtol`/`atol`."
         )
-    if not (used | outside).all():
+    at_floor = causes.count("floor")
+    if at_floor:
         warnings.warn(
-            f"{int((~used & ~outside).sum())} of {grid.size} points sit at the round-off / "
+            f"{at_floor} of {grid.size} points sit at the round-off / "
             "solver floor and were left out of the fit (see `OrderEstimate.excluded`).",
             RoundoffWarning,
             stacklevel=2,
@@ -312,6 +361,7 @@ def order_of_accuracy(
         t_end=None if t_end is None or kind == "local" else float(t_end),
         notes=tuple(notes),
         remarks=remarks,
+        causes=tuple(causes),
     )
 
 

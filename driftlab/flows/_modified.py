@@ -20,6 +20,7 @@ from ..integrators._validity import (
     has_auxiliary_state,
     is_concrete,
     region_problem,
+    series_problem,
     warn_outside_region,
 )
 from ._base import (
@@ -223,7 +224,9 @@ class ModifiedFlow(AbstractSeriesFlow):
         self.step_map.check_expansion(y, self.h, args)
         self.check_order_fits(y, args)
         t = check_time(self.step_map, t, y, args)
-        warn_outside_region(self.outside_region(y, args, t=t))
+        # The coefficients do not depend on h: only the linearisation's region is warned
+        # here; the slow state's expansion at this h is checked where it is used.
+        warn_outside_region(self._linear_region_problem(y, args, t))
         # Fields have the parameters' structure with `None` at a model's static leaves.
         return checked(*_expand(self, y, args, "coefficients", t))
 
@@ -263,10 +266,29 @@ class ModifiedFlow(AbstractSeriesFlow):
         (the slow state at order 0): the slow manifold exists while the
         $n_\theta$ slow ones stay larger in modulus than the fast ones of the
         auxiliary state (`None` then, and for maps without auxiliary state).
+        Then the slow state's expansion must be valid at this `h`: its corrections
+        (to order $\max(p, 1)$) must stay below the leading term in every entry of
+        a second moment (`driftlab.integrators._validity.series_problem`: Adam with
+        its default $b_2 = 0.999$ needs $h$ small against $1 - b_2$).
         """
-        if not is_concrete(params, self.h):
-            return None
-        if not has_auxiliary_state(self.step_map, self.step_map.init(params, args)):
+        problem = self._linear_region_problem(params, args, t)
+        if problem is not None or not self._has_region(params, args):
+            return problem
+        state = ModifiedFlow(self.step_map, self.h, 0)._slow_state(params, args, t)
+        order = max(self.order, 1)
+        corrected = ModifiedFlow(self.step_map, self.h, order)._slow_state(params, args, t)
+        return series_problem(self.step_map, state, corrected, self.h, args, order)
+
+    def _has_region(self, params: Y, args: Args) -> bool:
+        return is_concrete(params, self.h) and has_auxiliary_state(
+            self.step_map, self.step_map.init(params, args)
+        )
+
+    def _linear_region_problem(
+        self, params: Y, args: Args, t: RealScalarLike | None = None
+    ) -> str | None:
+        """The first part of `outside_region`: the eigenvalues of the linearisation."""
+        if not self._has_region(params, args):
             return None
         state = ModifiedFlow(self.step_map, self.h, 0)._slow_state(params, args, t)
         return region_problem(self.step_map, state, self.h, args)

@@ -10,6 +10,7 @@ from .._errors import (
     check_float64_tree,
     check_same_structure,
     check_step_size,
+    DivergenceError,
     InputError,
     MeasurementError,
 )
@@ -17,11 +18,29 @@ from .._tree import array_leaves, split
 from ._maps import AbstractStepMap
 
 
-def _check_finite(ys: Y, step: AbstractStepMap, h: float) -> Y:
-    """Raise `MeasurementError` if the iterates overflowed: never hand back a NaN."""
-    if all(np.all(np.isfinite(np.asarray(leaf))) for leaf in array_leaves(ys)):
+def _all_finite(tree) -> bool:
+    return all(np.all(np.isfinite(np.asarray(leaf))) for leaf in array_leaves(tree))
+
+
+def _check_finite(ys: Y, step: AbstractStepMap, y0: Y, h: float, args: Args) -> Y:
+    """Raise if the iterates are not finite: never hand back a NaN.
+
+    A map whose update is non-finite at `y0` already at `h = 0` (a NaN gradient:
+    `sqrt` or `log` of a negative loss; a negative second moment under a square
+    root) raises `MeasurementError` saying so; otherwise the iterates diverged
+    or overflowed and `DivergenceError` is raised.
+    """
+    if _all_finite(ys):
         return ys
-    raise MeasurementError(
+    if not _all_finite(_advance(step, y0, jnp.zeros((), jnp.float64), jnp.asarray(1), args)):
+        raise MeasurementError(
+            f"the update of {type(step).__name__} is non-finite at the start state itself "
+            "(already at h = 0, so this is not divergence): the gradient or the optimiser "
+            "state there holds NaN or inf, e.g. a loss that takes `sqrt` or `log` of a "
+            "negative value at these parameters, or a negative second moment under a "
+            "square root. Check the loss and the state at `y0`."
+        )
+    raise DivergenceError(
         f"the iterates of {type(step).__name__} with h={h:g} became non-finite (they "
         "diverged or overflowed); h is likely beyond the stability edge (h * lambda_max "
         ">= 2 for GD). Use a smaller `h` or fewer steps."
@@ -128,7 +147,10 @@ def iterate(
                 f"with `args_per_step=True`, every leaf of `args` needs a leading axis of "
                 f"length n={n}; got leading lengths {lengths}."
             )
-    return _check_finite(_iterate(step, y0, jnp.asarray(h), n, args, args_per_step), step, h)
+    ys = _iterate(step, y0, jnp.asarray(h), n, args, args_per_step)
+    return _check_finite(
+        ys, step, y0, h, jtu.tree_map(lambda x: x[0], args) if args_per_step else args
+    )
 
 
 @eqx.filter_jit
@@ -164,4 +186,6 @@ def advance(step: AbstractStepMap, y0: Y, h: RealScalarLike, n: int, args: Args 
     h = check_step_size(h)
     if not isinstance(n, int) or n < 0:
         raise InputError(f"`n` must be a non-negative integer, got {n!r}.")
-    return _check_finite(_advance(step, y0, jnp.asarray(h), jnp.asarray(n), args), step, h)
+    return _check_finite(
+        _advance(step, y0, jnp.asarray(h), jnp.asarray(n), args), step, y0, h, args
+    )

@@ -22,11 +22,12 @@ import math
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import jax.tree_util as jtu
 import numpy as np
 
 from .._custom_types import Args, RealScalarLike, Y
 from .._errors import StabilityWarning, warn_at_caller
-from .._tree import array_leaves
+from .._tree import array_leaves, tree_sub
 from ._layout import state_layout
 from ._maps import AbstractStepMap
 
@@ -224,6 +225,139 @@ def region_problem(step: AbstractStepMap, state: Y, h: RealScalarLike, args: Arg
         return None
     region = measure_region(step, state, h, args)
     return None if region.exists else region.reason(type(step).__name__, float(h))
+
+
+#: The slow state's expansion is taken as not yet valid where the map's update responds to its
+#: corrections nonlinearly by this fraction of the update itself (the second difference below;
+#: under a square root, at corrections of about 0.5 to 1 times the leading term).
+SERIES_LIMIT = 0.1
+
+
+#: An update counts only above this many ulps of the parameters.
+ROUNDOFF_RESOLUTION = 1e4
+#: Bisection steps for the step size below which the expansion holds (a factor 2^-30).
+BISECTION_STEPS = 30
+
+
+@eqx.filter_jit
+def _updates_along(step, leading, corrected, h, args):
+    """The map's parameter update from `leading + s (corrected - leading)`, s = 0, 1/2, 1."""
+
+    def update(s):
+        arrays = jtu.tree_map(
+            lambda a0, a: a0 + s * (a - a0) if eqx.is_inexact_array(a0) else a0,
+            eqx.filter(leading, eqx.is_array),
+            eqx.filter(corrected, eqx.is_array),
+        )
+        state = eqx.combine(arrays, eqx.filter(leading, eqx.is_array, inverse=True))
+        moved = tree_sub(step.parameters(step(state, h, args)), step.parameters(state))
+        return jnp.concatenate([jnp.ravel(x) for x in array_leaves(moved)])
+
+    return update(0.0), update(0.5), update(1.0)
+
+
+def series_problem(
+    step: AbstractStepMap, leading: Y, corrected: Y, h: RealScalarLike, args: Args, order: int
+) -> str | None:
+    r"""Why the slow state's expansion in `h` is not valid at `h`, or `None` where it is.
+
+    `leading` is the slow state at order 0 ($a_0$: for Adam $\mu = g$,
+    $\nu = g^2$), `corrected` the one at order $p \ge 1$
+    ($a_0 + h a_1 + \dots + h^p a_p$). The corrections are a series in $h$ against
+    the decay rates $1 - D$ of the auxiliary state: for Adam,
+    $\nu_1 = -\frac{d(g^2)/dt}{1 - b_2}$, so $h$ must be small against $1 - b_2$
+    relative to how fast each squared gradient entry changes. What matters is
+    how the map uses them: its update $u(s) = \Phi_h(a_0 + s\,\delta) - \theta$
+    along the corrections $\delta$ must stay close to linear in $s$, entry by
+    entry, for the expansion (which linearises the map about $a_0$ order by order)
+    to be asymptotic. The second difference relative to the update,
+    $\rho_i = |u_i(1) - 2u_i(\tfrac12) + u_i(0)| / |u_i(0)|$, is 0 for a map
+    linear in its state (heavy-ball, Nesterov) and grows like $|\delta_i| / \nu_i$ under
+    a square root $\sqrt{\nu_i}$ (without $\epsilon$ inside it); a negative $\nu_i$ makes
+    it NaN. The problem is reported where $\max_i \rho_i \ge$ `SERIES_LIMIT` (updates
+    below $10^{-3}$ of the largest, or below `ROUNDOFF_RESOLUTION` ulps of the
+    parameters, are measured against that). The
+    corrections are linear in $h$ at order 1, so the $h$ below which the
+    expansion holds is found by bisection on their scale (scaled linearly at
+    higher orders too), and stated.
+    """
+    ratio, finite = _response(step, leading, corrected, h, args, 1.0)
+    worst = float(np.max(ratio[finite], initial=0.0))
+    nonfinite = int(np.sum(~finite))
+    if worst < SERIES_LIMIT and not nonfinite:
+        return None
+    corrections = "h a_1" if order == 1 else f"h a_1 + ... + h^{order} a_{order}"
+    response = (
+        f"nonlinearly in {int(np.sum(ratio >= SERIES_LIMIT))} of {ratio.size} parameter "
+        f"entries (second difference up to {worst:.3g} of the update, limit {SERIES_LIMIT:g}"
+    )
+    if nonfinite:
+        response += f"; non-finite in {nonfinite}"
+    response += ")"
+    negative = _negative_moments(leading, corrected)
+    if negative:
+        response += f": its second moment is negative in {negative}"
+    # The first-order corrections scale with h: bisect on the scale for the largest valid h.
+    low, high = 0.0, 1.0
+    for _ in range(BISECTION_STEPS):
+        scale = 0.5 * (low + high)
+        ratio, finite = _response(step, leading, corrected, h, args, scale)
+        if finite.all() and np.max(ratio, initial=0.0) < SERIES_LIMIT:
+            low = scale
+        else:
+            high = scale
+    exact = " (its corrections scaled linearly in h)" if order > 1 else ""
+    holds = f"it holds below about h = {float(h) * low:.3g}{exact}"
+    return (
+        f"{type(step).__name__}'s slow manifold has no valid expansion at h = {float(h):.4g} "
+        "here: h is not small against the decay rates (1 - b) of its auxiliary state. The "
+        f"map's update responds to the slow state's corrections {corrections} {response}, "
+        f"so the series in h is not yet asymptotic; {holds} at these parameters (use a "
+        "smaller h, or a larger 1 - b)"
+    )
+
+
+def _response(step, leading, corrected, h, args, scale):
+    """Second differences of the update along the corrections scaled to `scale * h`, relative.
+
+    Returns the ratio per parameter entry and where the update is finite.
+    """
+    if scale != 1.0:
+        corrected = jtu.tree_map(
+            lambda a0, a: a0 + scale * (a - a0) if eqx.is_inexact_array(a0) else a,
+            leading,
+            corrected,
+        )
+    updates = _updates_along(step, leading, corrected, jnp.asarray(scale * float(h)), args)
+    start, middle, end = (np.asarray(u) for u in updates)
+    finite = np.isfinite(end) & np.isfinite(middle)
+    # Updates are differences of parameters: below this their digits are round-off.
+    size = max(
+        float(np.max(np.abs(leaf), initial=0.0)) for leaf in array_leaves(step.parameters(leading))
+    )
+    noise = ROUNDOFF_RESOLUTION * np.finfo(np.float64).eps * size
+    with np.errstate(invalid="ignore", divide="ignore"):
+        floor = max(1e-3 * np.max(np.abs(start), initial=0.0), noise)
+        ratio = np.abs(end - 2 * middle + start) / np.maximum(np.abs(start), floor)
+    return np.where(finite, np.nan_to_num(ratio, nan=0.0), np.inf), finite
+
+
+def _negative_moments(leading: Y, corrected: Y) -> str:
+    """Where `corrected` is negative in an auxiliary leaf that is non-negative in `leading`."""
+    found = []
+    pairs = zip(
+        jtu.tree_leaves_with_path(eqx.filter(leading, eqx.is_inexact_array)),
+        jtu.tree_leaves(eqx.filter(corrected, eqx.is_inexact_array)),
+    )
+    for (path, a0), a in pairs:
+        a0, a = np.asarray(a0), np.asarray(a)
+        if a0.size and np.all(a0 >= 0) and np.any(a < 0) and not np.array_equal(a0, a):
+            found.append((f"`state{jtu.keystr(path)}`", int(np.sum(a < 0)), a0.size))
+    if not found:
+        return ""
+    total = sum(n for _, n, _ in found)
+    first = ", ".join(f"{name}: {n} of {size}" for name, n, size in found[:2])
+    return f"{total} entries (e.g. Adam's nu < 0; {first})"
 
 
 def warn_outside_region(problem: str | None) -> None:
