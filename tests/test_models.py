@@ -388,6 +388,11 @@ _MEASUREMENTS = {
     "is_gradient_field": lambda p, loss, b: (
         dl.is_gradient_field(dl.IGRFlow(loss, 0.05), p, b, key=jr.key(0)).symmetric_norm
     ),
+    "boundary_layer": lambda p, loss, b: (
+        dl.boundary_layer(
+            dl.GradientDescent(loss), lambda h: dl.IGRFlow(loss, h), p, [0.05, 0.1, 0.2], 2, b
+        ).defects
+    ),
     "batch_sharpness": lambda p, loss, b: dl.analysis.batch_sharpness(
         loss, p, jax.tree.map(lambda x: x.reshape(4, 4, -1), b)
     ),

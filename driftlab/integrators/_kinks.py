@@ -182,6 +182,11 @@ def crossed_kinks(
     primitive that switched, with the line that issued it.
     """
     h = jnp.asarray(h)
+    # A schedule's kinks in time are the map's declared `kinks()`, warned and measured as such:
+    # only branches that the state moves across count here, so each end is read at the start's time.
+    tau = step.time(start)
+    if tau is not None:
+        ends = [step.with_time(end, tau) for end in ends]
     reference = _branch_patterns(step, start, h, args)
     if not reference:
         return None
