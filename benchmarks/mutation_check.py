@@ -364,6 +364,14 @@ MUTANTS = [
         ("tests/test_flows.py::test_gradient_flow_has_no_h_dependence_and_order_zero",),
         "gradient ascent as gradient flow",
     ),
+    Mutant(
+        "eos-progressive-sharpening",
+        "driftlab/suites/eos/_measure.py",
+        '"progressive_sharpening": bool(ratios[0] < 1 - HOVER_BAND and after[0] >= 1),',
+        '"progressive_sharpening": bool(ratios[0] < 1 + HOVER_BAND and after[0] >= 1),',
+        ("tests/test_eos_suite.py::test_verdict_rejects_what_is_not_the_edge_of_stability",),
+        "the EoS suite counts a run that starts at the edge as progressive sharpening",
+    ),
 ]
 
 
