@@ -20,6 +20,7 @@ def _problem():
     return problem, dict(problem.data, b=jnp.array([0.3, -0.2, 0.5]))
 
 
+@pytest.mark.slow  # compile-heavy (3-12 s); the quick subset keeps its cheaper siblings
 @pytest.mark.parametrize("bias_correction", [False, True])
 def test_boundary_layer_on_a_linear_loss_is_the_direct_computation(bias_correction):
     r"""$L = c\cdot\theta$: the slow manifold is $m = c$, $v = c^2$ and the flow
@@ -82,6 +83,7 @@ def test_adam_ode_reduces_to_burned_in_adam_at_large_tau():
     np.testing.assert_allclose(mine.nu, theirs.nu, rtol=1e-14)
 
 
+@pytest.mark.slow  # compile-heavy (3-12 s); the quick subset keeps its cheaper siblings
 @pytest.mark.parametrize("order", [0, 1, 2])
 def test_adam_ode_flow_has_its_local_order(order):
     """On (theta, m, v) at tau = 0.5, the flow of the ODE-scaled map is order p."""

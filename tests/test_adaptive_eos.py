@@ -20,6 +20,7 @@ def problem():
     return dl.problems.fc_digits(width=3, depth=1, num_samples=32)
 
 
+@pytest.mark.slow  # compile-heavy (3-12 s); the quick subset keeps its cheaper siblings
 @pytest.mark.parametrize("name, b1", [("rmsprop", 0.0), ("adam", 0.9)])
 def test_recorded_preconditioned_sharpness_matches_the_dense_generalised_problem(problem, name, b1):
     record = adaptive_eos.adaptive_run(problem, name, H, NUM_STEPS, EVERY, b1=0.9, b2=0.99)

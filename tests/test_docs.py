@@ -60,7 +60,13 @@ CLAIMS = {"README.md": _readme, "docs/index.md": _index}
 
 
 #: Pages whose blocks take over ~7 s (model fits, meshes, kit runs): the full suite runs them.
-SLOW_PAGES = {"docs/testing.md", "docs/your-model.md", "docs/index.md", "docs/devices.md"}
+SLOW_PAGES = {
+    "docs/testing.md",
+    "docs/your-model.md",
+    "docs/index.md",
+    "docs/devices.md",
+    "docs/optax.md",
+}
 
 
 def _page_param(page):

@@ -51,6 +51,7 @@ _ENTRY_POINTS = {
 }
 
 
+@pytest.mark.slow  # compile-heavy (3-12 s); the quick subset keeps its cheaper siblings
 @pytest.mark.parametrize("name", sorted(_ENTRY_POINTS))
 def test_a_float32_model_is_refused_with_a_conversion_that_works_on_models(name):
     model, batch = _float32_model(), _batch()

@@ -128,6 +128,7 @@ def test_state_where_parameters_are_expected():
             dl.local_error(step, flow, model, 0.01, batch)
 
 
+@pytest.mark.slow  # compile-heavy (3-12 s); the quick subset keeps its cheaper siblings
 def test_flax_nnx_parameters_through_nnx_split():
     nnx = pytest.importorskip("flax.nnx")  # optional: runs where flax is installed
 
@@ -443,9 +444,23 @@ def test_every_measurement_is_listed():
     assert functions - _NOT_ON_PARAMETERS == set(_MEASUREMENTS)
 
 
-#: Covered quickly through another entry (order_of_accuracy, weak_order_of_accuracy) or by
-#: the slow test above; their own compilations cost 5-10 s each.
-_SLOW_ON_A_MODEL = {"drift", "global_error", "weak_error"}
+#: Compile-heavy on a model (3-12 s each): the quick subset keeps the cheapest, which share
+#: the same model plumbing (static leaves kept out of jit, vmap and loops).
+_SLOW_ON_A_MODEL = {
+    "boundary_layer",
+    "distance_to_time_average",
+    "drift",
+    "global_error",
+    "hessian_eigenpairs",
+    "is_gradient_field",
+    "lambda_max",
+    "local_error",
+    "order_of_accuracy",
+    "preconditioned_eigenpairs",
+    "scaling_rule_error",
+    "weak_error",
+    "weak_order_of_accuracy",
+}
 
 
 @pytest.mark.parametrize(

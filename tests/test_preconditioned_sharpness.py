@@ -32,6 +32,7 @@ def _mlp(seed=0, n=24, d=3, m=6):
     return loss, params, data, scale
 
 
+@pytest.mark.slow  # compile-heavy (3-12 s); the quick subset keeps its cheaper siblings
 @pytest.mark.parametrize("method", ["dense", "lanczos"])
 def test_preconditioned_eigenpairs_match_the_dense_generalised_problem(method):
     loss, params, data, preconditioner = _mlp()

@@ -119,6 +119,7 @@ def test_lanczos_against_dense_and_igr():
     ) / np.linalg.norm(predicted)
 
 
+@pytest.mark.slow  # compile-heavy (3-12 s); the quick subset keeps its cheaper siblings
 def test_uncut_lanczos_field_is_the_krylov_matrix_function():
     # k = num_iterations = m < n: nothing is cut and the field acting on v is
     # Q c(hT) Q^T v over an orthonormal basis Q of the Krylov space K_m(H, v), T = Q^T H Q

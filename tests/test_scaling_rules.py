@@ -139,6 +139,7 @@ def test_wrong_rule_for_sgd_is_detected_and_matches_exact_moments():
     assert not check.holds[1:].any()
 
 
+@pytest.mark.slow  # compile-heavy (3-12 s); the quick subset keeps its cheaper siblings
 def test_square_root_rule_holds_for_adam_and_k_instead_of_sqrt_k_is_detected():
     # Adam at the minimum of the quadratic batches: the gradient noise dominates its second
     # moment, Malladi et al.'s regime. The square-root rule holds (error within 2 standard

@@ -246,6 +246,7 @@ def test_the_docs_schedule_table_is_the_tested_table():
     assert _schedule_rows() == {name: callable(row[2]) for name, row in SCHEDULE_TABLE.items()}
 
 
+@pytest.mark.slow  # compile-heavy (3-12 s); the quick subset keeps its cheaper siblings
 @pytest.mark.parametrize("name", SCHEDULE_TABLE)
 def test_schedule_table_row(name):
     make_optimiser, make_schedule, expected = SCHEDULE_TABLE[name]
@@ -263,6 +264,7 @@ def test_schedule_table_row(name):
     assert helpers.relative_error(f0, expected(schedule(t), problem.params, g)) < 1e-12
 
 
+@pytest.mark.slow  # compile-heavy (3-12 s); the quick subset keeps its cheaper siblings
 def test_optax_schedule_in_time_reproduces_the_optax_run():
     """At h = reference_step the scheduled map is the optax run, step for step."""
     problem = helpers.small_quadratic(4)

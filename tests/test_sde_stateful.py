@@ -286,6 +286,7 @@ def test_bad_inputs_raise_one_clear_line():
         RandomBatch(RandomBatchSGD(LOSS))
 
 
+@pytest.mark.slow  # compile-heavy (3-12 s); the quick subset keeps its cheaper siblings
 def test_rmsprop_sme_without_noise_has_ode_slopes_one_and_two():
     """Identical batches (Sigma = 0): the SDEs are ODEs, RMSProp at 1 - rho = h is deterministic."""
     raw = dl.problems.quadratic_batches(3, 2, linear_terms=True, seed=3)[1]
@@ -310,6 +311,7 @@ def test_rmsprop_sme_without_noise_has_ode_slopes_one_and_two():
         assert fit.used.all() and fit.agrees(0.15), (order, fit.slope)
 
 
+@pytest.mark.slow  # compile-heavy (3-12 s); the quick subset keeps its cheaper siblings
 def test_weak_error_runs_the_optimiser_state_through_observe():
     """Identical batches: every minibatch path is deterministic RMSProp / heavy-ball, exactly."""
     raw = dl.problems.quadratic_batches(3, 2, linear_terms=True, seed=3)[1]

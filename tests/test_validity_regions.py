@@ -173,6 +173,7 @@ def _adam_series_bound(quad, b1, b2, limit):
     return low
 
 
+@pytest.mark.slow  # compile-heavy (3-12 s); the quick subset keeps its cheaper siblings
 def test_adam_slow_state_series_needs_h_small_against_one_minus_b2():
     # The case: optax.adam(h) with b2 = 0.999 gave an order-0 slope of 1.40 with no
     # flag, and at order 1 a NaN slow state blamed on the stability edge: h must be small

@@ -102,6 +102,7 @@ def test_warm_matches_cold_lanczos_and_spends_fewer_products(warm_run):
     assert np.mean(warm_products[1:]) < 0.75 * np.mean(cold_products)
 
 
+@pytest.mark.slow  # compile-heavy (3-12 s); the quick subset keeps its cheaper siblings
 def test_a_failed_warm_run_falls_back_to_cold():
     matrices, spectra = _drifting_matrices(num=3)
     matrix = jnp.asarray(matrices[1])

@@ -120,6 +120,7 @@ def test_weighted_trace_is_exact_when_batch_hessians_commute(h_lambda):
     assert fine["small"] > 0.1 * h_lambda
 
 
+@pytest.mark.slow  # compile-heavy (3-12 s); the quick subset keeps its cheaper siblings
 def test_forms_tend_to_the_small_h_form():
     scaled, y = _batches(commuting=False)
     batches = scaled(1.0)
